@@ -1,0 +1,75 @@
+// Every error a user can see is a SubstrateError with a stable code. One table maps each
+// code to an HTTP status and a CLI exit code, so the daemon, the API client and the CLI
+// agree on what went wrong without string matching.
+
+export const errorTable = {
+  E_BAD_REQUEST: { status: 400, exit: 2 },
+  E_INVALID_JSON: { status: 400, exit: 2 },
+  E_INVALID_UTF8: { status: 400, exit: 2 },
+  E_INVALID_ARGUMENT: { status: 400, exit: 2 },
+  E_UNAUTHORIZED: { status: 401, exit: 3 },
+  E_MODEL_NOT_FOUND: { status: 404, exit: 4 },
+  E_NOT_FOUND: { status: 404, exit: 4 },
+  E_PAYLOAD_TOO_LARGE: { status: 413, exit: 2 },
+  E_CONTEXT_OVERFLOW: { status: 400, exit: 2 },
+  E_INVALID_MODEL_FILE: { status: 422, exit: 5 },
+  E_CHECKSUM_MISMATCH: { status: 422, exit: 5 },
+  E_INSUFFICIENT_MEMORY: { status: 507, exit: 6 },
+  E_DISK_FULL: { status: 507, exit: 6 },
+  E_SIGNATURE_INVALID: { status: 400, exit: 7 },
+  E_RECORD_EXPIRED: { status: 400, exit: 7 },
+  E_RECORD_FUTURE: { status: 400, exit: 7 },
+  E_REPLAY: { status: 409, exit: 7 },
+  E_RECORD_TOO_LARGE: { status: 413, exit: 7 },
+  E_UNKNOWN_VERSION: { status: 400, exit: 7 },
+  E_ALREADY_RUNNING: { status: 409, exit: 8 },
+  E_DAEMON_UNREACHABLE: { status: 503, exit: 9 },
+  E_RUNNER_CRASHED: { status: 500, exit: 10 },
+  E_RUNNER_START: { status: 500, exit: 10 },
+  E_CANCELLED: { status: 499, exit: 130 },
+  E_DOWNLOAD_FAILED: { status: 502, exit: 11 },
+  E_CONFIG: { status: 500, exit: 12 },
+  E_INTERNAL: { status: 500, exit: 1 },
+} as const satisfies Record<string, { status: number; exit: number }>
+
+export type ErrorCode = keyof typeof errorTable
+
+export class SubstrateError extends Error {
+  override readonly name: string = 'SubstrateError'
+  readonly code: ErrorCode
+  /** Optional hint: what the user can do about it. */
+  readonly hint: string | undefined
+
+  constructor(code: ErrorCode, message: string, options: { hint?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause })
+    this.code = code
+    this.hint = options.hint
+  }
+
+  get status(): number {
+    return errorTable[this.code].status
+  }
+
+  get exitCode(): number {
+    return errorTable[this.code].exit
+  }
+
+  toJSON(): { error: string; code: ErrorCode; hint?: string } {
+    return this.hint === undefined
+      ? { error: this.message, code: this.code }
+      : { error: this.message, code: this.code, hint: this.hint }
+  }
+}
+
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.hasOwn(errorTable, value)
+}
+
+/** Wraps anything thrown into a SubstrateError, keeping typed ones as they are. */
+export function toSubstrateError(err: unknown): SubstrateError {
+  if (err instanceof SubstrateError) return err
+  const code = (err as { code?: unknown } | null)?.code
+  if (code === 'ENOSPC') return new SubstrateError('E_DISK_FULL', 'the disk is full', { cause: err })
+  const message = err instanceof Error ? err.message : String(err)
+  return new SubstrateError('E_INTERNAL', message, { cause: err })
+}
