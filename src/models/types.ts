@@ -1,0 +1,48 @@
+// The model store's public shape, shared by the runtime, the API and the CLI.
+
+export interface ModelDetails {
+  format: 'gguf'
+  architecture: string
+  /** e.g. "llama" */
+  family: string
+  parameterCount: number
+  /** human form, e.g. "25.7M" */
+  parameterSize: string
+  /** e.g. "F16", "Q4_K_M" */
+  quantization: string
+  contextLength: number
+  chatTemplate: string | undefined
+}
+
+export interface ModelRecord {
+  /** normalized "name:tag" (tag defaults to "latest") */
+  name: string
+  /** "sha256:<64 hex>" — the model's identity */
+  digest: string
+  size: number
+  /** absolute path of the content-addressed blob */
+  path: string
+  modifiedAt: string
+  details: ModelDetails
+}
+
+export interface ProgressEvent {
+  status: string
+  total?: number
+  completed?: number
+  digest?: string
+}
+
+export type ProgressListener = (event: ProgressEvent) => void
+
+export interface ModelStore {
+  list(): ModelRecord[]
+  /** Resolves a name (tag optional); generates a missing built-in model on first use. */
+  resolve(name: string): Promise<ModelRecord>
+  importFile(file: string, opts: { name: string; onProgress?: ProgressListener }): Promise<ModelRecord>
+  pull(
+    url: string,
+    opts: { name?: string; sha256?: string; onProgress?: ProgressListener; signal?: AbortSignal },
+  ): Promise<ModelRecord>
+  remove(name: string): Promise<void>
+}
