@@ -1,0 +1,188 @@
+// The one definition of what a valid configuration is. Every layer (defaults, config.toml,
+// SUBSTRATE_* env, CLI flags) is checked key by key against the leaf schemas below, so an
+// error can name the layer and key; the assembled object then goes through configSchema,
+// which also enforces the rules that span keys (a public bind needs a token).
+import { isIPv4, isIPv6 } from 'node:net'
+import { homedir } from 'node:os'
+import { availableParallelism } from 'node:os'
+import { join, resolve } from 'node:path'
+import { z } from 'zod'
+import { SubstrateError } from '../errors.ts'
+
+export const configKeys = [
+  'home',
+  'api.host',
+  'api.port',
+  'api.token',
+  'runtime.threads',
+  'runtime.keepAlive',
+  'runtime.parallel',
+  'runtime.contextSize',
+  'runtime.maxLoadedModels',
+  'log.level',
+  'sandbox.backend',
+] as const
+export type ConfigKey = (typeof configKeys)[number]
+
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
+const durationExpect = 'a duration like "5m", "30s", "1h30m", "250ms", "0" (unload at once) or "-1" (forever)'
+
+/**
+ * Parses a keep-alive style duration into milliseconds. Follows Ollama's keep_alive: a bare
+ * number is seconds, any negative value means forever (Infinity), "0" means at once.
+ */
+export function parseDuration(value: string | number): number {
+  if (typeof value === 'number') {
+    if (!Number.isFinite(value)) throw new Error(`expected ${durationExpect}, got ${value}`)
+    return value < 0 ? Infinity : Math.round(value * 1000)
+  }
+  const text = value.trim()
+  if (/^[+-]?\d+(\.\d+)?$/.test(text)) return parseDuration(Number(text))
+  const match = /^([+-]?)((?:\d+(?:\.\d+)?(?:ms|s|m|h))+)$/.exec(text)
+  if (match === null) throw new Error(`expected ${durationExpect}, got ${JSON.stringify(value)}`)
+  let ms = 0
+  for (const part of match[2]!.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h)/g)) {
+    ms += Number(part[1]) * durationUnits[part[2]!]!
+  }
+  if (match[1] === '-' && ms > 0) return Infinity
+  return Math.round(ms)
+}
+
+/** The inverse of parseDuration for display: 300000 → "5m", Infinity → "-1 (forever)". */
+export function formatDuration(ms: number): string {
+  if (ms === Infinity) return '-1 (forever)'
+  if (ms === 0) return '0'
+  let rest = ms
+  let out = ''
+  for (const [unit, size] of [
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
+    const n = Math.floor(rest / size)
+    if (n > 0) out += `${n}${unit}`
+    rest -= n * size
+  }
+  return rest > 0 ? `${out}${rest}ms` : out
+}
+
+// RFC 1123 host names; IP literals are checked separately by node:net.
+const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i
+
+/** True for 127.0.0.0/8, ::1 (and its IPv4-mapped form) and "localhost". */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase()
+  if (h === 'localhost') return true
+  if (isIPv4(h)) return h.startsWith('127.')
+  if (!isIPv6(h)) return false
+  // URL canonicalises every spelling of an IPv6 address (0:0:0:0:0:0:0:1 → [::1]).
+  const canonical = new URL(`http://[${h}]/`).hostname
+  return canonical === '[::1]' || /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(canonical)
+}
+
+const positiveInt = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)
+
+/** One schema per key, and the phrase that completes "<key> must be …" when it fails. */
+export const leafSchemas = {
+  home: {
+    schema: z
+      .string()
+      .min(1)
+      .transform((p) => resolve(p.startsWith('~/') ? join(homedir(), p.slice(2)) : p)),
+    expect: 'a directory path',
+  },
+  'api.host': {
+    schema: z
+      .string()
+      .transform((h) => h.replace(/^\[(.*)\]$/, '$1'))
+      .refine((h) => isIPv4(h) || isIPv6(h) || hostnamePattern.test(h)),
+    expect: 'a host name or IP address without a port (like "127.0.0.1" or "::1")',
+  },
+  'api.port': { schema: z.number().int().min(1).max(65535), expect: 'an integer between 1 and 65535' },
+  'api.token': { schema: z.string().regex(/^\S+$/), expect: 'a non-empty string without spaces' },
+  'runtime.threads': { schema: positiveInt, expect: 'an integer of at least 1' },
+  'runtime.keepAlive': {
+    schema: z.union([z.string(), z.number()]).transform((v, ctx) => {
+      try {
+        return parseDuration(v)
+      } catch {
+        ctx.issues.push({ code: 'custom', message: durationExpect, input: v })
+        return z.NEVER
+      }
+    }),
+    expect: durationExpect,
+  },
+  'runtime.parallel': { schema: positiveInt, expect: 'an integer of at least 1' },
+  'runtime.contextSize': { schema: positiveInt, expect: 'an integer of at least 1 (tokens per sequence)' },
+  'runtime.maxLoadedModels': { schema: positiveInt, expect: 'an integer of at least 1' },
+  'log.level': { schema: z.enum(['debug', 'info', 'warn', 'error']), expect: 'one of debug, info, warn, error' },
+  'sandbox.backend': { schema: z.enum(['bwrap', 'gvisor', 'none']), expect: 'one of bwrap, gvisor, none' },
+} as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
+
+export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.SUBSTRATE_HOME
+  return fromEnv !== undefined && fromEnv !== '' ? resolve(fromEnv) : join(homedir(), '.substrate')
+}
+
+/** One llama.cpp thread per core the process may use; the affinity mask is respected. */
+export function defaultThreads(): number {
+  return Math.max(1, availableParallelism())
+}
+
+export const nonLoopbackHint =
+  'set api.token (SUBSTRATE_TOKEN or --token) so clients must send "Authorization: Bearer <token>", ' +
+  'or bind to 127.0.0.1'
+
+const leaf = <K extends ConfigKey>(key: K) => leafSchemas[key].schema
+
+export const configSchema = z
+  .object({
+    home: leaf('home').prefault(() => defaultHome()),
+    api: z
+      .object({
+        host: leaf('api.host').prefault('127.0.0.1'),
+        port: leaf('api.port').default(11435),
+        token: leaf('api.token').optional(),
+      })
+      .prefault({}),
+    runtime: z
+      .object({
+        threads: leaf('runtime.threads').default(defaultThreads),
+        /** Milliseconds an idle model stays loaded; Infinity means forever, 0 unloads at once. */
+        keepAlive: leaf('runtime.keepAlive').prefault('5m'),
+        /** Concurrent sequences per loaded model. */
+        parallel: leaf('runtime.parallel').default(4),
+        /** Context window per sequence, in tokens. */
+        contextSize: leaf('runtime.contextSize').default(4096),
+        maxLoadedModels: leaf('runtime.maxLoadedModels').default(2),
+      })
+      .prefault({}),
+    log: z.object({ level: leaf('log.level').default('info') }).prefault({}),
+    sandbox: z.object({ backend: leaf('sandbox.backend').default('bwrap') }).prefault({}),
+  })
+  .superRefine((config, ctx) => {
+    if (config.api.token === undefined && !isLoopbackHost(config.api.host)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['api', 'host'],
+        message: `api.host ${config.api.host} is not a loopback address, so api.token is required`,
+      })
+    }
+  })
+
+export type Config = z.output<typeof configSchema>
+export type ConfigInput = z.input<typeof configSchema>
+
+/** Validates a whole config object (e.g. built in code or in tests) into a Config. */
+export function parseConfig(input: unknown): Config {
+  const result = configSchema.safeParse(input)
+  if (result.success) return result.data
+  const issue = result.error.issues[0]
+  const key = issue?.path.join('.') ?? ''
+  const expect = (leafSchemas as Record<string, { expect: string } | undefined>)[key]?.expect
+  const message =
+    issue?.code === 'custom' ? issue.message : expect ? `${key} must be ${expect}` : (issue?.message ?? '')
+  throw new SubstrateError('E_CONFIG', `invalid config: ${message}`, {
+    hint: issue?.code === 'custom' && key === 'api.host' ? nonLoopbackHint : undefined,
+  })
+}

@@ -1,0 +1,102 @@
+// The runner protocol: JSON lines on the runner's stdin/stdout. The daemon is the only
+// speaker on stdin; the runner answers on stdout and logs on stderr. Every message from
+// the runner is validated on arrival: a runner is a process we may not trust (it runs a
+// model file from a stranger) and it may be half-dead.
+
+import { z } from 'zod'
+
+export const samplingOptionsSchema = z.object({
+  temperature: z.number().min(0).max(100).optional(),
+  topK: z.number().int().min(0).optional(),
+  topP: z.number().min(0).max(1).optional(),
+  minP: z.number().min(0).max(1).optional(),
+  seed: z.number().int().optional(),
+  repeatPenalty: z.number().min(0).optional(),
+  /** tokens to generate at most; undefined = until end of sequence or context */
+  maxTokens: z.number().int().min(0).optional(),
+  stop: z.array(z.string()).max(16).optional(),
+})
+export type SamplingOptions = z.infer<typeof samplingOptionsSchema>
+
+export const chatMessageSchema = z.object({
+  role: z.enum(['system', 'user', 'assistant']),
+  content: z.string(),
+})
+export type ChatMessage = z.infer<typeof chatMessageSchema>
+
+export const loadMessageSchema = z.object({
+  type: z.literal('load'),
+  modelPath: z.string(),
+  contextSize: z.number().int().positive(),
+  parallel: z.number().int().positive(),
+  threads: z.number().int().positive(),
+})
+
+export const generateMessageSchema = z.object({
+  type: z.literal('generate'),
+  id: z.string(),
+  /** completion: `prompt` is fed as-is; chat: `messages` go through the model's template */
+  mode: z.enum(['completion', 'chat']),
+  prompt: z.string().optional(),
+  messages: z.array(chatMessageSchema).optional(),
+  options: samplingOptionsSchema,
+})
+export type GenerateMessage = z.infer<typeof generateMessageSchema>
+
+export const toRunnerSchema = z.discriminatedUnion('type', [
+  loadMessageSchema,
+  generateMessageSchema,
+  z.object({ type: z.literal('cancel'), id: z.string() }),
+  z.object({ type: z.literal('shutdown') }),
+])
+export type ToRunner = z.infer<typeof toRunnerSchema>
+
+export const doneReasonSchema = z.enum(['stop', 'length', 'cancel'])
+export type DoneReason = z.infer<typeof doneReasonSchema>
+
+export const generationStatsSchema = z.object({
+  reason: doneReasonSchema,
+  promptTokens: z.number().int().nonnegative(),
+  outputTokens: z.number().int().nonnegative(),
+  /** ms from request arrival in the runner to the first output token */
+  promptEvalMs: z.number().nonnegative(),
+  /** ms from the first to the last output token */
+  evalMs: z.number().nonnegative(),
+})
+export type GenerationStats = z.infer<typeof generationStatsSchema>
+
+export const fromRunnerSchema = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('ready'),
+    loadMs: z.number(),
+    contextSize: z.number().int(),
+    trainContextSize: z.number().int(),
+    buildType: z.string(),
+  }),
+  z.object({ type: z.literal('token'), id: z.string(), text: z.string() }),
+  z.object({ type: z.literal('done'), id: z.string(), stats: generationStatsSchema }),
+  z.object({ type: z.literal('error'), id: z.string().optional(), code: z.string(), message: z.string() }),
+])
+export type FromRunner = z.infer<typeof fromRunnerSchema>
+
+/** A hard cap per line: a runner that prints a gigabyte without a newline is broken. */
+export const MAX_LINE_BYTES = 4 * 1024 * 1024
+
+/** Splits a byte stream into lines, refusing absurdly long ones. */
+export function createLineSplitter(onLine: (line: string) => void, onOverflow: () => void) {
+  let pending = ''
+  return (chunk: Buffer | string) => {
+    pending += typeof chunk === 'string' ? chunk : chunk.toString('utf8')
+    let nl = pending.indexOf('\n')
+    while (nl !== -1) {
+      const line = pending.slice(0, nl)
+      pending = pending.slice(nl + 1)
+      if (line.trim() !== '') onLine(line)
+      nl = pending.indexOf('\n')
+    }
+    if (pending.length > MAX_LINE_BYTES) {
+      pending = ''
+      onOverflow()
+    }
+  }
+}

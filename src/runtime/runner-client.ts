@@ -1,0 +1,185 @@
+// The daemon's side of one runner process: starts it, waits for the model to load, routes
+// generation events to the request that asked, and turns a crash into a typed error for
+// every request in flight.
+
+import { randomUUID } from 'node:crypto'
+import type { ChildProcessWithoutNullStreams } from 'node:child_process'
+import { SubstrateError, isErrorCode } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+import { type Channel, createChannel } from './channel.ts'
+import {
+  type ChatMessage,
+  type FromRunner,
+  fromRunnerSchema,
+  type GenerationStats,
+  type SamplingOptions,
+  type ToRunner,
+  createLineSplitter,
+} from './protocol.ts'
+import type { SpawnRunner } from './spawn.ts'
+
+export type RunnerEvent = { type: 'token'; text: string } | { type: 'done'; stats: GenerationStats }
+
+export interface RunnerRequest {
+  mode: 'completion' | 'chat'
+  prompt?: string
+  messages?: ChatMessage[]
+  options: SamplingOptions
+}
+
+export interface RunnerHandle {
+  readonly pid: number
+  readonly contextSize: number
+  readonly loadMs: number
+  readonly buildType: string
+  /** requests currently generating or waiting for a sequence */
+  readonly active: number
+  generate(req: RunnerRequest, signal?: AbortSignal): AsyncIterable<RunnerEvent>
+  /** resolves when the process has exited, for whatever reason */
+  readonly exited: Promise<void>
+  stop(): Promise<void>
+}
+
+export interface StartRunnerInit {
+  spawn: SpawnRunner
+  logger: Logger
+  modelPath: string
+  contextSize: number
+  parallel: number
+  threads: number
+  loadTimeoutMs?: number
+}
+
+function typedError(code: string, message: string): SubstrateError {
+  return new SubstrateError(isErrorCode(code) ? code : 'E_INTERNAL', message)
+}
+
+export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> {
+  const child: ChildProcessWithoutNullStreams = init.spawn({ modelPath: init.modelPath, threads: init.threads })
+  const log = init.logger.child(`runner:${child.pid ?? '?'}`)
+  const requests = new Map<string, Channel<RunnerEvent>>()
+  let stderrTail = ''
+  let exitedFlag = false
+  let onReady: ((msg: Extract<FromRunner, { type: 'ready' }>) => void) | undefined
+  let onLoadError: ((err: SubstrateError) => void) | undefined
+
+  const write = (msg: ToRunner) => {
+    if (!exitedFlag && child.stdin.writable) child.stdin.write(`${JSON.stringify(msg)}\n`)
+  }
+  const handle = (msg: FromRunner) => {
+    if (msg.type === 'ready') onReady?.(msg)
+    else if (msg.type === 'error' && msg.id === undefined) onLoadError?.(typedError(msg.code, msg.message))
+    else if (msg.type === 'error') {
+      requests.get(msg.id!)?.fail(typedError(msg.code, msg.message))
+      requests.delete(msg.id!)
+    } else if (msg.type === 'token') requests.get(msg.id)?.push(msg)
+    else if (msg.type === 'done') {
+      const ch = requests.get(msg.id)
+      requests.delete(msg.id)
+      ch?.push(msg)
+      ch?.close()
+    }
+  }
+  child.stdout.on(
+    'data',
+    createLineSplitter(
+      (line) => {
+        let msg: FromRunner
+        try {
+          msg = fromRunnerSchema.parse(JSON.parse(line))
+        } catch {
+          log.warn('dropping a malformed line from the runner', { line: line.slice(0, 200) })
+          return
+        }
+        handle(msg)
+      },
+      () => {
+        log.error('runner wrote an oversize line; killing it')
+        child.kill('SIGKILL')
+      },
+    ),
+  )
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderrTail = (stderrTail + chunk.toString('utf8')).slice(-4000)
+  })
+  child.stdin.on('error', () => {}) // EPIPE after a crash is reported through 'exit'
+
+  const exited = new Promise<void>((resolve) => {
+    child.on('exit', (code, signal) => {
+      exitedFlag = true
+      const why = signal ? `signal ${signal}` : `exit code ${code}`
+      const detail = stderrTail.trim().split('\n').slice(-3).join(' | ')
+      const err = new SubstrateError(
+        'E_RUNNER_CRASHED',
+        `the model runner stopped (${why})${detail ? `: ${detail}` : ''}`,
+        { hint: 'the next request starts a new runner' },
+      )
+      for (const ch of requests.values()) ch.fail(err)
+      requests.clear()
+      onLoadError?.(new SubstrateError('E_RUNNER_START', `the model runner failed to load the model (${why})${detail ? `: ${detail}` : ''}`))
+      resolve()
+    })
+  })
+  child.on('error', (err) => onLoadError?.(new SubstrateError('E_RUNNER_START', `cannot start the runner: ${err.message}`)))
+
+  write({
+    type: 'load',
+    modelPath: init.modelPath,
+    contextSize: init.contextSize,
+    parallel: init.parallel,
+    threads: init.threads,
+  })
+  const ready = await new Promise<Extract<FromRunner, { type: 'ready' }>>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      reject(new SubstrateError('E_RUNNER_START', `the model did not load within ${init.loadTimeoutMs ?? 120_000} ms`))
+    }, init.loadTimeoutMs ?? 120_000)
+    onReady = (msg) => {
+      clearTimeout(timer)
+      resolve(msg)
+    }
+    onLoadError = (err) => {
+      clearTimeout(timer)
+      child.kill('SIGKILL')
+      reject(err)
+    }
+  })
+  onLoadError = undefined
+  log.debug('model loaded', { ms: Math.round(ready.loadMs), build: ready.buildType })
+
+  return {
+    pid: child.pid ?? -1,
+    contextSize: ready.contextSize,
+    loadMs: ready.loadMs,
+    buildType: ready.buildType,
+    get active() {
+      return requests.size
+    },
+    exited,
+    generate(req, signal) {
+      if (exitedFlag) throw new SubstrateError('E_RUNNER_CRASHED', 'the model runner has stopped')
+      const id = randomUUID()
+      const ch = createChannel<RunnerEvent>()
+      requests.set(id, ch)
+      const cancel = () => write({ type: 'cancel', id })
+      signal?.addEventListener('abort', cancel, { once: true })
+      write({ type: 'generate', id, ...req })
+      return (async function* () {
+        try {
+          yield* ch
+        } finally {
+          signal?.removeEventListener('abort', cancel)
+          // A consumer that stops early (client gone) cancels the generation.
+          if (requests.delete(id)) cancel()
+        }
+      })()
+    },
+    async stop() {
+      if (exitedFlag) return
+      write({ type: 'shutdown' })
+      const timer = setTimeout(() => child.kill('SIGKILL'), 2000)
+      await exited
+      clearTimeout(timer)
+    },
+  }
+}

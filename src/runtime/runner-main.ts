@@ -1,0 +1,193 @@
+// The runner: a child process that loads one model with node-llama-cpp and serves
+// generation requests over JSON lines on stdio. It holds no state the daemon cares about;
+// if it dies, the daemon answers in-flight requests with an error and spawns a new one.
+//
+// Concurrency: one context with `parallel` sequences. Each request takes a free sequence;
+// node-llama-cpp batches the evaluations of concurrently generating sequences into one
+// decode call, which is where the multi-stream throughput comes from.
+
+import { createInterface } from 'node:readline'
+import type {
+  ChatHistoryItem,
+  Llama,
+  LlamaContext,
+  LlamaContextSequence,
+  LlamaModel,
+} from 'node-llama-cpp'
+import {
+  type ChatMessage,
+  type DoneReason,
+  type FromRunner,
+  type GenerateMessage,
+  type SamplingOptions,
+  toRunnerSchema,
+} from './protocol.ts'
+
+const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n`)
+
+let lib: typeof import('node-llama-cpp') | undefined
+let llama: Llama | undefined
+let model: LlamaModel | undefined
+let context: LlamaContext | undefined
+const freeSequences: LlamaContextSequence[] = []
+const waitingForSequence: Array<(seq: LlamaContextSequence) => void> = []
+const active = new Map<string, AbortController>()
+let sequenceContextSize = 0
+
+async function load(modelPath: string, contextSize: number, parallel: number, threads: number) {
+  const started = performance.now()
+  lib = await import('node-llama-cpp')
+  llama = await lib.getLlama({ gpu: false, logLevel: lib.LlamaLogLevel.error, maxThreads: threads })
+  model = await llama.loadModel({ modelPath })
+  const size = Math.min(contextSize, model.trainContextSize) * parallel
+  context = await model.createContext({ contextSize: size, sequences: parallel, threads })
+  for (let i = 0; i < parallel; i++) freeSequences.push(context.getSequence())
+  sequenceContextSize = context.contextSize / parallel
+  send({
+    type: 'ready',
+    loadMs: performance.now() - started,
+    contextSize: sequenceContextSize,
+    trainContextSize: model.trainContextSize,
+    buildType: llama.buildType,
+  })
+}
+
+function acquireSequence(): Promise<LlamaContextSequence> {
+  const seq = freeSequences.pop()
+  if (seq) return Promise.resolve(seq)
+  return new Promise((resolve) => waitingForSequence.push(resolve))
+}
+
+function releaseSequence(seq: LlamaContextSequence) {
+  const next = waitingForSequence.shift()
+  if (next) next(seq)
+  else freeSequences.push(seq)
+}
+
+function toHistory(messages: readonly ChatMessage[]): ChatHistoryItem[] {
+  return messages.map((m): ChatHistoryItem => {
+    if (m.role === 'system') return { type: 'system', text: m.content }
+    if (m.role === 'user') return { type: 'user', text: m.content }
+    return { type: 'model', response: [m.content] }
+  })
+}
+
+function samplingFor(options: SamplingOptions) {
+  return {
+    temperature: options.temperature ?? 0.8,
+    topK: options.topK ?? 40,
+    topP: options.topP ?? 0.9,
+    minP: options.minP,
+    seed: options.seed,
+    repeatPenalty:
+      options.repeatPenalty === undefined || options.repeatPenalty === 1
+        ? (false as const)
+        : { penalty: options.repeatPenalty },
+    customStopTriggers: options.stop && options.stop.length > 0 ? options.stop : undefined,
+  }
+}
+
+async function generate(req: GenerateMessage) {
+  const abort = new AbortController()
+  active.set(req.id, abort)
+  const received = performance.now()
+  const seq = await acquireSequence()
+  let firstTokenAt = 0
+  let lastTokenAt = 0
+  let outputTokens = 0
+  const meterBefore = seq.tokenMeter.getState()
+  try {
+    if (!lib || !model || !context) throw new Error('generate before load')
+    const onToken = (tokens: readonly unknown[]) => {
+      if (outputTokens === 0) firstTokenAt = performance.now()
+      lastTokenAt = performance.now()
+      outputTokens += tokens.length
+    }
+    const onTextChunk = (text: string) => {
+      if (text !== '') send({ type: 'token', id: req.id, text })
+    }
+    const common = {
+      ...samplingFor(req.options),
+      maxTokens: req.options.maxTokens,
+      signal: abort.signal,
+      stopOnAbortSignal: true,
+      onToken,
+      onTextChunk,
+    }
+    let stopReason: string
+    if (req.mode === 'chat') {
+      const history = toHistory(req.messages ?? [])
+      const chat = new lib.LlamaChat({ contextSequence: seq, autoDisposeSequence: false })
+      try {
+        assertFits(model.tokenize(history.map((h) => ('text' in h ? h.text : '')).join('\n')).length)
+        const res = await chat.generateResponse(history, { ...common, contextShift: { strategy: 'eraseFirstResponseAndKeepFirstSystem' } })
+        stopReason = res.metadata.stopReason
+      } finally {
+        chat.dispose({ disposeSequence: false })
+      }
+    } else {
+      const completion = new lib.LlamaCompletion({ contextSequence: seq, autoDisposeSequence: false })
+      try {
+        assertFits(model.tokenize(req.prompt ?? '').length + 1)
+        const res = await completion.generateCompletionWithMeta(req.prompt ?? '', common)
+        stopReason = res.metadata.stopReason
+      } finally {
+        completion.dispose({ disposeSequence: false })
+      }
+    }
+    const used = seq.tokenMeter.diff(meterBefore)
+    const reason: DoneReason = stopReason === 'maxTokens' ? 'length' : stopReason === 'abort' ? 'cancel' : 'stop'
+    send({
+      type: 'done',
+      id: req.id,
+      stats: {
+        reason,
+        promptTokens: used.usedInputTokens,
+        outputTokens,
+        promptEvalMs: (firstTokenAt || performance.now()) - received,
+        evalMs: firstTokenAt ? lastTokenAt - firstTokenAt : 0,
+      },
+    })
+  } catch (err) {
+    const typed = err as { code?: unknown }
+    const code = typeof typed.code === 'string' && typed.code.startsWith('E_') ? typed.code : 'E_INTERNAL'
+    send({ type: 'error', id: req.id, code, message: err instanceof Error ? err.message : String(err) })
+  } finally {
+    active.delete(req.id)
+    releaseSequence(seq)
+  }
+}
+
+function assertFits(promptTokens: number) {
+  if (promptTokens >= sequenceContextSize) {
+    throw Object.assign(
+      new Error(`the prompt is ${promptTokens} tokens; the context holds ${sequenceContextSize} (raise num_ctx)`),
+      { code: 'E_CONTEXT_OVERFLOW' },
+    )
+  }
+}
+
+const lines = createInterface({ input: process.stdin })
+lines.on('line', (line) => {
+  let msg: ReturnType<typeof toRunnerSchema.parse>
+  try {
+    msg = toRunnerSchema.parse(JSON.parse(line))
+  } catch (err) {
+    send({ type: 'error', code: 'E_BAD_REQUEST', message: `runner: bad message: ${String(err)}` })
+    return
+  }
+  if (msg.type === 'load') {
+    load(msg.modelPath, msg.contextSize, msg.parallel, msg.threads).catch((err: unknown) => {
+      send({ type: 'error', code: 'E_INVALID_MODEL_FILE', message: err instanceof Error ? err.message : String(err) })
+      process.exit(3)
+    })
+  } else if (msg.type === 'generate') {
+    void generate(msg)
+  } else if (msg.type === 'cancel') {
+    active.get(msg.id)?.abort()
+  } else {
+    process.exit(0)
+  }
+})
+// The daemon closing our stdin means it is gone: never outlive it.
+lines.on('close', () => process.exit(0))

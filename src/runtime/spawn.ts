@@ -1,0 +1,34 @@
+// The one place a runner process is started. The sandbox wraps this function: everything
+// that runs a model goes through `spawnRunner`, so isolating it here isolates them all.
+
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process'
+import { extname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+export interface RunnerSpawnSpec {
+  /** the model file the runner will load: the only model a sandbox needs to expose */
+  modelPath: string
+  threads: number
+}
+
+export type SpawnRunner = (spec: RunnerSpawnSpec) => ChildProcessWithoutNullStreams
+
+/** Runs from sources (.ts, type-stripped) or from dist (.js), whichever this file is. */
+export const runnerEntry = fileURLToPath(
+  new URL(`./runner-main${extname(fileURLToPath(import.meta.url))}`, import.meta.url),
+)
+
+/** The environment a runner gets: nothing of the daemon's secrets, only what it needs to run. */
+export function runnerEnvironment(threads: number): NodeJS.ProcessEnv {
+  const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'NODE_LLAMA_CPP_SKIP_DOWNLOAD']
+  const env: NodeJS.ProcessEnv = {}
+  for (const k of keep) if (process.env[k] !== undefined) env[k] = process.env[k]
+  env.OMP_NUM_THREADS = String(threads)
+  return env
+}
+
+export const spawnUnsandboxedRunner: SpawnRunner = (spec) =>
+  spawn(process.execPath, [runnerEntry], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: runnerEnvironment(spec.threads),
+  })
