@@ -6,7 +6,7 @@ import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:f
 import { join, resolve } from 'node:path'
 import { DatabaseSync, type StatementSync } from 'node:sqlite'
 import { SubstrateError } from '../errors.ts'
-import { type Migration, migrations as defaultMigrations } from './migrations.ts'
+import { migrations as defaultMigrations, type Migration } from './migrations.ts'
 
 export interface Db {
   readonly path: string
@@ -77,7 +77,8 @@ export function openDatabase(path: string, init: OpenDatabaseInit = {}): Db {
 
 function migrate(db: Db, migrations: readonly Migration[]): void {
   migrations.forEach((m, i) => {
-    if (m.version !== i + 1) throw new Error(`migration "${m.name}" has version ${m.version}, expected ${i + 1}`)
+    if (m.version !== i + 1)
+      throw new Error(`migration "${m.name}" has version ${m.version}, expected ${i + 1}`)
   })
   db.connection.exec(`CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL) STRICT`)
@@ -132,7 +133,10 @@ export function acquireHomeLock(home: string): () => void {
     if (holder !== undefined && isAlive(holder)) throw alreadyRunning(home, holder.pid)
     takeOverStale(lockPath, seen)
   }
-  throw new SubstrateError('E_ALREADY_RUNNING', `could not take ${lockPath}: other processes keep competing for it`)
+  throw new SubstrateError(
+    'E_ALREADY_RUNNING',
+    `could not take ${lockPath}: other processes keep competing for it`,
+  )
 }
 
 function alreadyRunning(home: string, pid: number): SubstrateError {
