@@ -3,8 +3,7 @@
 // error can name the layer and key; the assembled object then goes through configSchema,
 // which also enforces the rules that span keys (a public bind needs a token).
 import { isIPv4, isIPv6 } from 'node:net'
-import { homedir } from 'node:os'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { z } from 'zod'
 import { SubstrateError } from '../errors.ts'
@@ -67,7 +66,8 @@ export function formatDuration(ms: number): string {
 }
 
 // RFC 1123 host names; IP literals are checked separately by node:net.
-const hostnamePattern = /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i
+const hostnamePattern =
+  /^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$/i
 
 /** True for 127.0.0.0/8, ::1 (and its IPv4-mapped form) and "localhost". */
 export function isLoopbackHost(host: string): boolean {
@@ -80,7 +80,7 @@ export function isLoopbackHost(host: string): boolean {
   return canonical === '[::1]' || /^\[::ffff:7f[0-9a-f]{2}:[0-9a-f]{1,4}\]$/.test(canonical)
 }
 
-const positiveInt = z.number().int().min(1).max(Number.MAX_SAFE_INTEGER)
+const positiveInt = z.number().int().min(1)
 
 /** One schema per key, and the phrase that completes "<key> must be …" when it fails. */
 export const leafSchemas = {
@@ -115,7 +115,10 @@ export const leafSchemas = {
   'runtime.parallel': { schema: positiveInt, expect: 'an integer of at least 1' },
   'runtime.contextSize': { schema: positiveInt, expect: 'an integer of at least 1 (tokens per sequence)' },
   'runtime.maxLoadedModels': { schema: positiveInt, expect: 'an integer of at least 1' },
-  'log.level': { schema: z.enum(['debug', 'info', 'warn', 'error']), expect: 'one of debug, info, warn, error' },
+  'log.level': {
+    schema: z.enum(['debug', 'info', 'warn', 'error']),
+    expect: 'one of debug, info, warn, error',
+  },
   'sandbox.backend': { schema: z.enum(['bwrap', 'gvisor', 'none']), expect: 'one of bwrap, gvisor, none' },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
@@ -133,32 +136,30 @@ export const nonLoopbackHint =
   'set api.token (SUBSTRATE_TOKEN or --token) so clients must send "Authorization: Bearer <token>", ' +
   'or bind to 127.0.0.1'
 
-const leaf = <K extends ConfigKey>(key: K) => leafSchemas[key].schema
-
 export const configSchema = z
   .object({
-    home: leaf('home').prefault(() => defaultHome()),
+    home: leafSchemas.home.schema.prefault(() => defaultHome()),
     api: z
       .object({
-        host: leaf('api.host').prefault('127.0.0.1'),
-        port: leaf('api.port').default(11435),
-        token: leaf('api.token').optional(),
+        host: leafSchemas['api.host'].schema.prefault('127.0.0.1'),
+        port: leafSchemas['api.port'].schema.default(11435),
+        token: leafSchemas['api.token'].schema.optional(),
       })
       .prefault({}),
     runtime: z
       .object({
-        threads: leaf('runtime.threads').default(defaultThreads),
+        threads: leafSchemas['runtime.threads'].schema.default(defaultThreads),
         /** Milliseconds an idle model stays loaded; Infinity means forever, 0 unloads at once. */
-        keepAlive: leaf('runtime.keepAlive').prefault('5m'),
+        keepAlive: leafSchemas['runtime.keepAlive'].schema.prefault('5m'),
         /** Concurrent sequences per loaded model. */
-        parallel: leaf('runtime.parallel').default(4),
+        parallel: leafSchemas['runtime.parallel'].schema.default(4),
         /** Context window per sequence, in tokens. */
-        contextSize: leaf('runtime.contextSize').default(4096),
-        maxLoadedModels: leaf('runtime.maxLoadedModels').default(2),
+        contextSize: leafSchemas['runtime.contextSize'].schema.default(4096),
+        maxLoadedModels: leafSchemas['runtime.maxLoadedModels'].schema.default(2),
       })
       .prefault({}),
-    log: z.object({ level: leaf('log.level').default('info') }).prefault({}),
-    sandbox: z.object({ backend: leaf('sandbox.backend').default('bwrap') }).prefault({}),
+    log: z.object({ level: leafSchemas['log.level'].schema.default('info') }).prefault({}),
+    sandbox: z.object({ backend: leafSchemas['sandbox.backend'].schema.default('bwrap') }).prefault({}),
   })
   .superRefine((config, ctx) => {
     if (config.api.token === undefined && !isLoopbackHost(config.api.host)) {
