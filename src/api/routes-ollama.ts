@@ -1,0 +1,251 @@
+// Ollama-compatible routes: the same paths, field names, NDJSON streaming and durations
+// in nanoseconds, so the official `ollama` clients and tools work against the daemon.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { parseDuration } from '../config/schema.ts'
+import { SubstrateError } from '../errors.ts'
+import type { ModelRecord, ModelStore } from '../models/types.ts'
+import type { ChatMessage, GenerationStats } from '../runtime/protocol.ts'
+import type { Runtime } from '../runtime/runtime.ts'
+import { VERSION } from '../version.ts'
+import { createStreamWriter, disconnectSignal, readJson, sendJson } from './http.ts'
+import { infer, samplingFromOllama } from './inference.ts'
+import type { Route } from './router.ts'
+import {
+  type OllamaModelDetails,
+  type OllamaPsModel,
+  type OllamaTagsModel,
+  chatRequestSchema,
+  generateRequestSchema,
+  modelNameRequestSchema,
+  pullRequestSchema,
+} from './types.ts'
+
+export interface OllamaRouteComponents {
+  models: ModelStore
+  runtime: Runtime
+}
+
+const ns = (ms: number) => Math.round(ms * 1e6)
+
+export function ollamaDetails(m: ModelRecord): OllamaModelDetails {
+  return {
+    parent_model: '',
+    format: m.details.format,
+    family: m.details.family,
+    families: [m.details.family],
+    parameter_size: m.details.parameterSize,
+    quantization_level: m.details.quantization,
+  }
+}
+
+function keepAliveMs(value: string | number | undefined): number | undefined {
+  if (value === undefined) return undefined
+  return parseDuration(value)
+}
+
+function finalFields(stats: GenerationStats, loadMs: number, totalMs: number) {
+  return {
+    done_reason: stats.reason,
+    total_duration: ns(totalMs),
+    load_duration: ns(loadMs),
+    prompt_eval_count: stats.promptTokens,
+    prompt_eval_duration: ns(stats.promptEvalMs),
+    eval_count: stats.outputTokens,
+    eval_duration: ns(stats.evalMs),
+  }
+}
+
+type Shape = (text: string) => Record<string, unknown>
+
+/** Runs one inference and answers either as an NDJSON stream or as one JSON object. */
+async function respond(
+  c: OllamaRouteComponents,
+  req: IncomingMessage,
+  res: ServerResponse,
+  model: string,
+  stream: boolean,
+  shape: Shape,
+  run: Parameters<typeof infer>[1],
+) {
+  const signal = disconnectSignal(req, res)
+  const events = infer(c, { ...run, signal })
+  const base = () => ({ model, created_at: new Date().toISOString() })
+  if (!stream) {
+    let text = ''
+    for await (const ev of events) {
+      if (ev.type === 'token') text += ev.text
+      else sendJson(res, 200, { ...base(), ...shape(text), done: true, ...finalFields(ev.stats, ev.loadMs, ev.totalMs) })
+    }
+    return
+  }
+  // Resolve the model and start the runner before committing to a 200 status.
+  const first = await events.next()
+  const out = createStreamWriter(res, 'application/x-ndjson')
+  for (let it = first; !it.done; it = await events.next()) {
+    const ev = it.value
+    if (ev.type === 'token') await out.write(`${JSON.stringify({ ...base(), ...shape(ev.text), done: false })}\n`)
+    else out.end(`${JSON.stringify({ ...base(), ...shape(''), done: true, ...finalFields(ev.stats, ev.loadMs, ev.totalMs) })}\n`)
+  }
+}
+
+async function loadOrUnload(c: OllamaRouteComponents, res: ServerResponse, name: string, keepAlive: number | undefined, shape: Shape) {
+  const model = await c.models.resolve(name)
+  const base = { model: name, created_at: new Date().toISOString(), ...shape('') }
+  if (keepAlive === 0) {
+    await c.runtime.unload(model.digest)
+    sendJson(res, 200, { ...base, done: true, done_reason: 'unload' })
+    return
+  }
+  const loadMs = await c.runtime.load(model, keepAlive)
+  sendJson(res, 200, { ...base, done: true, done_reason: 'load', load_duration: ns(loadMs) })
+}
+
+export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
+  return [
+    {
+      method: 'POST',
+      path: '/api/generate',
+      handler: async (req, res) => {
+        const body = await readJson(req, generateRequestSchema)
+        const keepAlive = keepAliveMs(body.keep_alive)
+        const shape: Shape = (text) => ({ response: text })
+        if (body.prompt === undefined || body.prompt === '') return loadOrUnload(c, res, body.model, keepAlive, shape)
+        const raw = body.raw === true
+        const messages: ChatMessage[] = []
+        if (body.system) messages.push({ role: 'system', content: body.system })
+        messages.push({ role: 'user', content: body.prompt })
+        await respond(c, req, res, body.model, body.stream !== false, shape, {
+          model: body.model,
+          mode: raw ? 'completion' : 'chat',
+          prompt: raw ? body.prompt : undefined,
+          messages: raw ? undefined : messages,
+          options: samplingFromOllama(body.options),
+          contextSize: body.options?.num_ctx,
+          keepAliveMs: keepAlive,
+        })
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/chat',
+      handler: async (req, res) => {
+        const body = await readJson(req, chatRequestSchema)
+        const keepAlive = keepAliveMs(body.keep_alive)
+        const shape: Shape = (text) => ({ message: { role: 'assistant', content: text } })
+        if (body.messages.length === 0) return loadOrUnload(c, res, body.model, keepAlive, shape)
+        const messages = body.messages.map((m): ChatMessage => ({
+          role: m.role === 'tool' ? 'user' : m.role,
+          content: m.content,
+        }))
+        await respond(c, req, res, body.model, body.stream !== false, shape, {
+          model: body.model,
+          mode: 'chat',
+          messages,
+          options: samplingFromOllama(body.options),
+          contextSize: body.options?.num_ctx,
+          keepAliveMs: keepAlive,
+        })
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/tags',
+      handler: async (_req, res) => {
+        const models: OllamaTagsModel[] = c.models.list().map((m) => ({
+          name: m.name,
+          model: m.name,
+          modified_at: m.modifiedAt,
+          size: m.size,
+          digest: m.digest.replace(/^sha256:/, ''),
+          details: ollamaDetails(m),
+        }))
+        sendJson(res, 200, { models })
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/show',
+      handler: async (req, res) => {
+        const body = await readJson(req, modelNameRequestSchema)
+        const m = await c.models.resolve((body.model ?? body.name)!)
+        sendJson(res, 200, {
+          license: '',
+          modelfile: `FROM ${m.path}\n`,
+          parameters: '',
+          template: m.details.chatTemplate ?? '',
+          details: ollamaDetails(m),
+          model_info: {
+            'general.architecture': m.details.architecture,
+            'general.parameter_count': m.details.parameterCount,
+            [`${m.details.architecture}.context_length`]: m.details.contextLength,
+          },
+          capabilities: ['completion'],
+          modified_at: m.modifiedAt,
+        })
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/ps',
+      handler: async (_req, res) => {
+        const byDigest = new Map(c.models.list().map((m) => [m.digest, m]))
+        const models: OllamaPsModel[] = c.runtime.ps().map((p) => {
+          const m = byDigest.get(p.digest)
+          return {
+            name: p.name,
+            model: p.name,
+            size: p.size,
+            digest: p.digest.replace(/^sha256:/, ''),
+            details: m ? ollamaDetails(m) : { parent_model: '', format: 'gguf', family: '', families: [], parameter_size: '', quantization_level: '' },
+            expires_at: Number.isFinite(p.expiresAt) ? new Date(p.expiresAt).toISOString() : '2318-11-26T00:00:00Z',
+            size_vram: 0,
+            context_length: p.contextSize,
+          }
+        })
+        sendJson(res, 200, { models })
+      },
+    },
+    {
+      method: 'POST',
+      path: '/api/pull',
+      handler: async (req, res) => {
+        const body = await readJson(req, pullRequestSchema)
+        const source = (body.model ?? body.name)!
+        const signal = disconnectSignal(req, res)
+        const isUrl = /^https?:\/\//.test(source)
+        const pull = (onProgress?: (e: object) => void) =>
+          isUrl
+            ? c.models.pull(source, { name: body.as, sha256: body.sha256, onProgress, signal })
+            : c.models.resolve(source)
+        if (body.stream === false) {
+          await pull()
+          sendJson(res, 200, { status: 'success' })
+          return
+        }
+        const out = createStreamWriter(res, 'application/x-ndjson')
+        await out.write(`${JSON.stringify({ status: isUrl ? `pulling ${source}` : `resolving ${source}` })}\n`)
+        await pull((e) => void out.write(`${JSON.stringify(e)}\n`).catch(() => {}))
+        out.end(`${JSON.stringify({ status: 'success' })}\n`)
+      },
+    },
+    {
+      method: 'DELETE',
+      path: '/api/delete',
+      handler: async (req, res) => {
+        const body = await readJson(req, modelNameRequestSchema)
+        const name = (body.model ?? body.name)!
+        const existing = c.models.list().find((m) => m.name === name || m.name === `${name}:latest`)
+        if (!existing) throw new SubstrateError('E_MODEL_NOT_FOUND', `model '${name}' not found`)
+        await c.models.remove(existing.name)
+        if (!c.models.list().some((m) => m.digest === existing.digest)) await c.runtime.unload(existing.digest)
+        sendJson(res, 200, {})
+      },
+    },
+    {
+      method: 'GET',
+      path: '/api/version',
+      handler: async (_req, res) => sendJson(res, 200, { version: VERSION }),
+    },
+  ]
+}

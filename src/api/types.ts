@@ -1,0 +1,147 @@
+// The HTTP API's request schemas and response types, imported by both the server and the
+// client. Field names follow Ollama's and OpenAI's APIs exactly, so their clients work.
+
+import { z } from 'zod'
+
+/** Ollama's `options`. Unknown keys are ignored, as Ollama does. */
+export const ollamaOptionsSchema = z
+  .object({
+    temperature: z.number().min(0).max(100),
+    top_p: z.number().min(0).max(1),
+    top_k: z.number().int().min(0),
+    min_p: z.number().min(0).max(1),
+    seed: z.number().int(),
+    repeat_penalty: z.number().min(0),
+    num_predict: z.number().int(),
+    num_ctx: z.number().int().min(1).max(1_048_576),
+    stop: z.array(z.string()).max(16),
+  })
+  .partial()
+export type OllamaOptions = z.infer<typeof ollamaOptionsSchema>
+
+/** Ollama's keep_alive: a duration string ("5m"), or a number of seconds; negative = forever. */
+export const keepAliveSchema = z.union([z.string(), z.number()]).optional()
+
+export const generateRequestSchema = z.object({
+  model: z.string().min(1),
+  prompt: z.string().optional(),
+  system: z.string().optional(),
+  raw: z.boolean().optional(),
+  stream: z.boolean().optional(),
+  format: z.unknown().optional(),
+  images: z.array(z.string()).optional(),
+  options: ollamaOptionsSchema.optional(),
+  keep_alive: keepAliveSchema,
+})
+export type GenerateRequest = z.infer<typeof generateRequestSchema>
+
+export const chatRequestSchema = z.object({
+  model: z.string().min(1),
+  messages: z
+    .array(
+      z.object({
+        role: z.enum(['system', 'user', 'assistant', 'tool']),
+        content: z.string(),
+        images: z.array(z.string()).optional(),
+      }),
+    )
+    .default([]),
+  stream: z.boolean().optional(),
+  format: z.unknown().optional(),
+  options: ollamaOptionsSchema.optional(),
+  keep_alive: keepAliveSchema,
+})
+export type ChatRequest = z.infer<typeof chatRequestSchema>
+
+export const modelNameRequestSchema = z
+  .object({ model: z.string().min(1).optional(), name: z.string().min(1).optional() })
+  .refine((v) => v.model !== undefined || v.name !== undefined, { message: 'model is required' })
+
+export const pullRequestSchema = z
+  .object({
+    model: z.string().min(1).optional(),
+    name: z.string().min(1).optional(),
+    /** native extension: the name to store a URL pull under */
+    as: z.string().min(1).optional(),
+    sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional(),
+    stream: z.boolean().optional(),
+    insecure: z.boolean().optional(),
+  })
+  .refine((v) => v.model !== undefined || v.name !== undefined, { message: 'model is required' })
+
+/** OpenAI's `stop`: a string or up to 4 strings. */
+const openaiStopSchema = z.union([z.string(), z.array(z.string()).max(16)]).nullish()
+
+const openaiContentSchema = z.union([
+  z.string(),
+  z.array(z.object({ type: z.string(), text: z.string().optional() })),
+  z.null(),
+])
+
+const openaiSamplingSchema = {
+  model: z.string().min(1),
+  stream: z.boolean().nullish(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).nullish(),
+  max_tokens: z.number().int().nullish(),
+  temperature: z.number().min(0).max(2).nullish(),
+  top_p: z.number().min(0).max(1).nullish(),
+  seed: z.number().int().nullish(),
+  stop: openaiStopSchema,
+  n: z.number().int().min(1).max(1).nullish(),
+  frequency_penalty: z.number().nullish(),
+  presence_penalty: z.number().nullish(),
+  user: z.string().nullish(),
+}
+
+export const openaiChatRequestSchema = z.object({
+  ...openaiSamplingSchema,
+  max_completion_tokens: z.number().int().nullish(),
+  messages: z
+    .array(z.object({ role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']), content: openaiContentSchema }))
+    .min(1),
+})
+export type OpenAIChatRequest = z.infer<typeof openaiChatRequestSchema>
+
+export const openaiCompletionRequestSchema = z.object({
+  ...openaiSamplingSchema,
+  prompt: z.union([z.string(), z.array(z.string()).length(1)]),
+})
+export type OpenAICompletionRequest = z.infer<typeof openaiCompletionRequestSchema>
+
+export interface OllamaModelDetails {
+  parent_model: string
+  format: string
+  family: string
+  families: string[]
+  parameter_size: string
+  quantization_level: string
+}
+
+export interface OllamaTagsModel {
+  name: string
+  model: string
+  modified_at: string
+  size: number
+  digest: string
+  details: OllamaModelDetails
+}
+
+export interface OllamaPsModel {
+  name: string
+  model: string
+  size: number
+  digest: string
+  details: OllamaModelDetails
+  expires_at: string
+  size_vram: number
+  context_length: number
+}
+
+export interface ErrorBody {
+  error: string
+  code: string
+  hint?: string
+}

@@ -1,0 +1,117 @@
+// The composition root: the one place subsystems are constructed and wired. Everything a
+// daemon owns hangs off the SubstrateNode this returns; `start()` brings it up in
+// dependency order and `stop()` takes it down in reverse.
+
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { routesFor } from './api/routes.ts'
+import { type ApiServer, createApiServer } from './api/server.ts'
+import type { Config } from './config/schema.ts'
+import { checkFits, detectHardware, estimateModelMemory, type HardwareInfo } from './hardware/detect.ts'
+import { type Identity, loadOrCreateIdentity } from './identity/keys.ts'
+import { createLogger, type Logger } from './logger.ts'
+import { createModelStore } from './models/store.ts'
+import type { ModelStore } from './models/types.ts'
+import { createRuntime, type Runtime } from './runtime/runtime.ts'
+import { acquireHomeLock, type Db, openDatabase } from './store/database.ts'
+
+export interface SubstrateNode {
+  readonly config: Config
+  readonly logger: Logger
+  readonly identity: Identity
+  readonly db: Db
+  readonly models: ModelStore
+  readonly runtime: Runtime
+  readonly api: ApiServer
+  /** resolves when stop() has finished (e.g. after a shutdown request) */
+  readonly stopped: Promise<void>
+  stop(): Promise<void>
+}
+
+export interface CreateNodeOptions {
+  logger?: Logger
+  describeConfig?: () => Array<{ key: string; value: unknown; source: string }>
+}
+
+/** Builds and starts a daemon on `config.home`. Refuses if another daemon holds the home. */
+export async function createNode(config: Config, options: CreateNodeOptions = {}): Promise<SubstrateNode> {
+  const logger = options.logger ?? createLogger({ level: config.log.level })
+  mkdirSync(config.home, { recursive: true, mode: 0o700 })
+  const releaseLock = acquireHomeLock(config.home)
+  const cleanup: Array<() => Promise<void> | void> = [releaseLock]
+  try {
+    const identity = await loadOrCreateIdentity(join(config.home, 'identity.key'))
+    const db = openDatabase(join(config.home, 'substrate.db'))
+    cleanup.unshift(() => db.close())
+    const models = createModelStore({ db, logger }, { dir: join(config.home, 'models') })
+    await models.start()
+    cleanup.unshift(() => models.stop())
+
+    let hardware: HardwareInfo = await detectHardware({ home: config.home, probeGpu: false })
+    const refreshHardware = async () => {
+      hardware = await detectHardware({ home: config.home, probeGpu: false })
+      return hardware
+    }
+    const runtime = createRuntime(
+      { logger },
+      {
+        threads: config.runtime.threads,
+        parallel: config.runtime.parallel,
+        contextSize: config.runtime.contextSize,
+        keepAliveMs: config.runtime.keepAlive,
+        maxLoadedModels: config.runtime.maxLoadedModels,
+        checkCanLoad: (model, contextSize, parallel) =>
+          checkFits(
+            hardware,
+            estimateModelMemory({
+              fileSize: model.size,
+              contextLength: contextSize,
+              parallel,
+            }),
+          ),
+      },
+    )
+    cleanup.unshift(() => runtime.stop())
+
+    let resolveStopped!: () => void
+    const stopped = new Promise<void>((resolve) => {
+      resolveStopped = resolve
+    })
+    let stopping: Promise<void> | undefined
+    const stop = () => {
+      stopping ??= (async () => {
+        for (const step of cleanup) {
+          try {
+            await step()
+          } catch (err) {
+            logger.warn('error while stopping', { error: err instanceof Error ? err.message : String(err) })
+          }
+        }
+        resolveStopped()
+      })()
+      return stopping
+    }
+
+    const api = createApiServer(
+      {
+        logger,
+        routes: routesFor({
+          config,
+          identity,
+          models,
+          runtime,
+          hardware: refreshHardware,
+          describeConfig: options.describeConfig ?? (() => []),
+          requestShutdown: () => setImmediate(() => void stop()),
+        }),
+      },
+      { host: config.api.host, port: config.api.port, token: config.api.token },
+    )
+    await api.start()
+    cleanup.unshift(() => api.stop())
+    return { config, logger, identity, db, models, runtime, api, stopped, stop }
+  } catch (err) {
+    for (const step of cleanup) await step()
+    throw err
+  }
+}

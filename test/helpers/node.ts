@@ -1,0 +1,49 @@
+// Starts a real daemon (in this process, runners as real child processes) on a throwaway
+// home and a free loopback port, and removes everything afterwards.
+
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { type ConfigInput, parseConfig } from '../../src/config/schema.ts'
+import { silentLogger } from '../../src/logger.ts'
+import { createNode, type SubstrateNode } from '../../src/node.ts'
+
+export interface TestNode {
+  node: SubstrateNode
+  url: string
+  home: string
+  close(): Promise<void>
+}
+
+export function tempHome(prefix = 'substrate-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix))
+}
+
+export async function startTestNode(overrides: Partial<ConfigInput> = {}): Promise<TestNode> {
+  const home = tempHome()
+  const config = parseConfig({
+    home,
+    ...overrides,
+    api: { host: '127.0.0.1', port: 0, ...overrides.api },
+    runtime: { threads: 1, parallel: 4, contextSize: 2048, ...overrides.runtime },
+  })
+  const node = await createNode(config, { logger: silentLogger })
+  return {
+    node,
+    url: node.api.url,
+    home,
+    async close() {
+      await node.stop()
+      rmSync(home, { recursive: true, force: true })
+    },
+  }
+}
+
+/** Reads an NDJSON response body into objects. */
+export async function readNdjson(res: Response): Promise<Array<Record<string, unknown>>> {
+  const text = await res.text()
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>)
+}
