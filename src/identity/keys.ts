@@ -2,12 +2,12 @@
 // the libp2p PeerId of the same key, so the id a user sees in the CLI, the signer named
 // in every envelope and the peer the mesh dials are one and the same string.
 
-import { randomBytes } from 'node:crypto'
 import {
   createPrivateKey,
   createPublicKey,
   generateKeyPairSync,
   type KeyObject,
+  randomBytes,
   sign as signBytes,
   verify as verifyBytes,
 } from 'node:crypto'
@@ -34,7 +34,10 @@ const PEER_ID_BYTES = PEER_ID_PREFIX.length + PUBLIC_KEY_BYTES
 
 export function idFromPublicKey(publicKey: Uint8Array): string {
   if (publicKey.length !== PUBLIC_KEY_BYTES) {
-    throw new SubstrateError('E_INVALID_ARGUMENT', `an Ed25519 public key is 32 bytes, got ${publicKey.length}`)
+    throw new SubstrateError(
+      'E_INVALID_ARGUMENT',
+      `an Ed25519 public key is 32 bytes, got ${publicKey.length}`,
+    )
   }
   const bytes = new Uint8Array(PEER_ID_BYTES)
   bytes.set(PEER_ID_PREFIX, 0)
@@ -48,11 +51,16 @@ export function publicKeyFromId(id: string): Uint8Array {
   try {
     bytes = base58btc.baseDecode(id)
   } catch (cause) {
-    throw new SubstrateError('E_INVALID_ARGUMENT', `not a peer id: ${JSON.stringify(id.slice(0, 64))}`, { cause })
+    throw new SubstrateError('E_INVALID_ARGUMENT', `not a peer id: ${JSON.stringify(id.slice(0, 64))}`, {
+      cause,
+    })
   }
   const prefixMatches = PEER_ID_PREFIX.every((b, i) => bytes[i] === b)
   if (bytes.length !== PEER_ID_BYTES || !prefixMatches) {
-    throw new SubstrateError('E_INVALID_ARGUMENT', `not an Ed25519 peer id: ${JSON.stringify(id.slice(0, 64))}`)
+    throw new SubstrateError(
+      'E_INVALID_ARGUMENT',
+      `not an Ed25519 peer id: ${JSON.stringify(id.slice(0, 64))}`,
+    )
   }
   return bytes.slice(PEER_ID_PREFIX.length)
 }
@@ -178,7 +186,10 @@ async function createIdentityFile(path: string): Promise<Identity> {
       throw new SubstrateError('E_CONFIG', `the identity key file ${path} vanished while being created`)
     }
     // Some filesystems have no hard links; fall back to the ordinary atomic rename.
-    await rename(tmp, path)
+    await rename(tmp, path).catch(async (cause: unknown) => {
+      await unlink(tmp).catch(() => {})
+      throw new SubstrateError('E_CONFIG', `cannot create the identity key file ${path}`, { cause })
+    })
   }
   await unlink(tmp).catch(() => {})
   await syncDirectory(dir)

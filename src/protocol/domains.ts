@@ -3,7 +3,7 @@
 // another (a job manifest cannot be replayed as a receipt). The limits sit in the same
 // row so that adding a type means writing one line, and no type can exist without them.
 
-import { DEFAULT_MAX_CLOCK_SKEW_MS, HOUR_MS, KiB, MiB, MINUTE_MS, SECOND_MS } from './limits.ts'
+import { DEFAULT_MAX_CLOCK_SKEW_MS, HOUR_MS, KiB, MINUTE_MS, MiB, SECOND_MS } from './limits.ts'
 
 export interface RecordTypeSpec {
   /** Signed in front of every record of this type; bump the trailing version to break compatibility. */
