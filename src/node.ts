@@ -46,6 +46,8 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     const models = createModelStore({ db, logger }, { dir: join(config.home, 'models') })
     await models.start()
     cleanup.unshift(() => models.stop())
+    // The built-in tiny model is always there (generated in ~20 ms), so a fresh node can answer.
+    await models.resolve('substrate-tiny')
 
     let hardware: HardwareInfo = await detectHardware({ home: config.home, probeGpu: false })
     const refreshHardware = async () => {

@@ -7,8 +7,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { TINY_ANSWER } from '../../src/models/builtin.ts'
 import { readNdjson, startTestNode, type TestNode } from '../helpers/node.ts'
 
-async function post(url: string, path: string, body: string | Buffer, headers: Record<string, string> = {}) {
-  const res = await fetch(`${url}${path}`, { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } })
+async function post(url: string, path: string, body: string | Uint8Array, headers: Record<string, string> = {}) {
+  const res = await fetch(`${url}${path}`, { method: 'POST', body: typeof body === 'string' ? body : new Uint8Array(body), headers: { 'content-type': 'application/json', ...headers } })
   return { status: res.status, body: (await res.json()) as Record<string, unknown> }
 }
 

@@ -21,7 +21,7 @@ describe('official clients', () => {
     let final: { done_reason?: string; eval_count?: number; total_duration?: number } = {}
     for await (const part of await ollama.generate({ model: 'substrate-tiny', prompt: 'hi', stream: true })) {
       if (part.done) final = part
-      else parts.push(part.response)
+      else parts.push(part.response ?? "")
     }
     assert.ok(parts.length > 5, `expected many chunks, got ${parts.length}`)
     assert.equal(parts.join('').trim(), TINY_ANSWER)
