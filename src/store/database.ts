@@ -3,7 +3,7 @@
 // calls the query functions that live beside this file.
 
 import { linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { DatabaseSync, type StatementSync } from 'node:sqlite'
 import { SubstrateError } from '../errors.ts'
 import { migrations as defaultMigrations, type Migration } from './migrations.ts'
@@ -24,6 +24,7 @@ export interface OpenDatabaseInit {
 }
 
 export function openDatabase(path: string, init: OpenDatabaseInit = {}): Db {
+  if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true })
   const connection = new DatabaseSync(path, {
     enableForeignKeyConstraints: true,
     timeout: init.busyTimeoutMs ?? 5000,

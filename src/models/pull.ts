@@ -1,0 +1,323 @@
+// Downloads a model over HTTP(S) into the store's tmp directory, resumably. The partial
+// file is named after the URL's hash and has an info file beside it (total size, ETag),
+// so an interrupted pull (network cut, daemon restart) continues with a Range request
+// instead of starting over. Memory stays bounded: each chunk is hashed and written
+// before the next is read.
+
+import { createHash, type Hash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
+import http, { type IncomingMessage } from 'node:http'
+import https from 'node:https'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { SubstrateError, toSubstrateError } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+import type { ProgressEvent, ProgressListener } from './types.ts'
+
+/** The file-writing seam: tests inject one that fails (ENOSPC) to check cleanup. */
+export interface WritableFile {
+  write(data: Uint8Array, position: number): Promise<unknown>
+  sync(): Promise<void>
+  close(): Promise<void>
+}
+export type OpenWritable = (path: string, flags: 'w' | 'r+') => Promise<WritableFile>
+
+export const openWritableFile: OpenWritable = async (path, flags) => {
+  const file = await open(path, flags)
+  return {
+    write: (data, position) => file.write(data, 0, data.length, position),
+    sync: () => file.sync(),
+    close: () => file.close(),
+  }
+}
+
+/** Emits progress at most every 100 ms or 0.5 %, never letting `completed` go backwards. */
+export function progressReporter(listener: ProgressListener | undefined, status: string, digest?: string) {
+  let reported = -1
+  let at = 0
+  return (completed: number, total: number | undefined, force = false) => {
+    if (listener === undefined || completed < reported || (completed === reported && !force)) return
+    const now = Date.now()
+    const step = total === undefined ? Number.POSITIVE_INFINITY : total / 200
+    if (!force && completed !== total && now - at < 100 && completed - reported < step) return
+    reported = completed
+    at = now
+    const event: ProgressEvent = { status, completed }
+    if (total !== undefined) event.total = total
+    if (digest !== undefined) event.digest = digest
+    listener(event)
+  }
+}
+
+export interface DownloadInit {
+  tmpDir: string
+  logger: Logger
+  openWritable?: OpenWritable
+  /** Attempts after the first one for transient failures (network errors, 5xx). */
+  retries?: number
+  backoffMs?: number
+  /** A connection silent this long counts as cut. */
+  idleTimeoutMs?: number
+  maxRedirects?: number
+}
+
+export interface DownloadOptions {
+  /** Expected sha256 as 64 hex digits. */
+  sha256?: string
+  onProgress?: ProgressListener
+  signal?: AbortSignal
+}
+
+export interface DownloadedFile {
+  path: string
+  infoPath: string
+  sha256: string
+  size: number
+}
+
+interface PartialInfo {
+  url: string
+  total?: number
+  validator?: string
+}
+
+/** The URL's file name without ".gguf": the default model name. */
+export function fileNameFromUrl(url: string): string {
+  const last = new URL(url).pathname.split('/').pop() ?? ''
+  let decoded = last
+  try {
+    decoded = decodeURIComponent(last)
+  } catch {}
+  return decoded.replace(/\.gguf$/i, '')
+}
+
+export function partialPaths(tmpDir: string, url: string): { path: string; infoPath: string } {
+  const key = createHash('sha256').update(url).digest('hex')
+  return { path: join(tmpDir, `download-${key}.partial`), infoPath: join(tmpDir, `download-${key}.json`) }
+}
+
+// Two pulls of one URL would write the same partial file: the second waits for the first.
+const inFlight = new Map<string, Promise<unknown>>()
+
+export async function downloadFile(
+  url: string,
+  init: DownloadInit,
+  opts: DownloadOptions,
+): Promise<DownloadedFile> {
+  const { path } = partialPaths(init.tmpDir, url)
+  const previous = inFlight.get(path) ?? Promise.resolve()
+  const run = previous.catch(() => {}).then(() => download(url, init, opts))
+  inFlight.set(path, run)
+  try {
+    return await run
+  } finally {
+    if (inFlight.get(path) === run) inFlight.delete(path)
+  }
+}
+
+class Transient extends Error {}
+
+async function download(url: string, init: DownloadInit, opts: DownloadOptions): Promise<DownloadedFile> {
+  const { path, infoPath } = partialPaths(init.tmpDir, url)
+  const retries = init.retries ?? 4
+  const digest = opts.sha256 === undefined ? undefined : `sha256:${opts.sha256}`
+  const report = progressReporter(opts.onProgress, 'downloading', digest)
+  let info = await readInfo(infoPath, url)
+  let have = info === undefined ? 0 : await fileSize(path)
+  if (info === undefined) info = { url }
+  // The hash covers bytes [0, have): a resumed partial is read once to catch up.
+  let hash = await hashPrefix(path, have)
+  const restart = async () => {
+    have = 0
+    hash = createHash('sha256')
+    info = { url }
+    await rm(path, { force: true })
+  }
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const res = await request(url, have, info, init, opts.signal)
+      if (res.statusCode === 416) {
+        res.resume()
+        if (have > 0 && have === info.total) break // the previous attempt had already got it all
+        await restart()
+        throw new Transient(`${url} answered 416 Range Not Satisfiable for bytes=${have}-`)
+      }
+      if (res.statusCode === 200 && have > 0) {
+        init.logger.info('server ignored the range request: downloading from the start', { url })
+        await restart()
+      } else if (res.statusCode === 206 && !rangeMatches(res, have, info.total)) {
+        res.resume()
+        await restart()
+        throw new Transient('server answered a range that does not continue the partial file')
+      }
+      const total = totalOf(res, have)
+      info = { url, ...(total === undefined ? {} : { total }), ...validatorOf(res) }
+      await local(writeFile(infoPath, JSON.stringify(info)))
+      const out = await local(
+        have === 0 ? (init.openWritable ?? openWritableFile)(path, 'w') : openAt(path, have, init),
+      )
+      report(have, total, true)
+      try {
+        for await (const chunk of res as AsyncIterable<Buffer>) {
+          await local(out.write(chunk, have))
+          hash.update(chunk)
+          have += chunk.length
+          report(have, total)
+        }
+      } finally {
+        await out.sync().catch(() => {})
+        await out.close().catch(() => {})
+      }
+      if (total !== undefined && have !== total)
+        throw new Transient(`the connection closed after ${have} of ${total} bytes`)
+      break
+    } catch (err) {
+      if (opts.signal?.aborted)
+        throw new SubstrateError('E_CANCELLED', `download of ${url} cancelled`, { cause: err })
+      if (err instanceof SubstrateError) {
+        if (err.code === 'E_DISK_FULL')
+          await Promise.all([rm(path, { force: true }), rm(infoPath, { force: true })])
+        throw err
+      }
+      const why = err instanceof Error ? err.message : String(err)
+      if (attempt >= retries) {
+        throw new SubstrateError(
+          'E_DOWNLOAD_FAILED',
+          `download of ${url} failed after ${attempt + 1} attempts (${have} bytes kept): ${why}`,
+          { hint: 'run the same pull again to resume where it stopped', cause: err },
+        )
+      }
+      const delay = (init.backoffMs ?? 500) * 2 ** attempt
+      init.logger.warn('download interrupted, retrying', {
+        url,
+        attempt: attempt + 1,
+        delayMs: delay,
+        error: why,
+      })
+      await sleep(delay, undefined, { signal: opts.signal }).catch(() => {})
+    }
+  }
+  const sha256 = hash.digest('hex')
+  if (opts.sha256 !== undefined && sha256 !== opts.sha256) {
+    await Promise.all([rm(path, { force: true }), rm(infoPath, { force: true })])
+    throw new SubstrateError(
+      'E_CHECKSUM_MISMATCH',
+      `${url} has sha256 ${sha256}, expected ${opts.sha256}: the download was discarded`,
+    )
+  }
+  return { path, infoPath, sha256, size: have }
+}
+
+/** Local file errors are not worth a retry: they become typed (ENOSPC → E_DISK_FULL) at once. */
+function local<T>(step: Promise<T>): Promise<T> {
+  return step.catch((err: unknown) => Promise.reject(toSubstrateError(err)))
+}
+
+async function openAt(path: string, have: number, init: DownloadInit): Promise<WritableFile> {
+  await truncate(path, have) // a torn last write must not survive past the resume point
+  return (init.openWritable ?? openWritableFile)(path, 'r+')
+}
+
+async function readInfo(infoPath: string, url: string): Promise<PartialInfo | undefined> {
+  try {
+    const info = JSON.parse(await readFile(infoPath, 'utf8')) as Partial<PartialInfo>
+    if (info.url !== url) return undefined
+    return {
+      url,
+      ...(typeof info.total === 'number' ? { total: info.total } : {}),
+      ...(typeof info.validator === 'string' ? { validator: info.validator } : {}),
+    }
+  } catch {
+    return undefined
+  }
+}
+
+async function fileSize(path: string): Promise<number> {
+  return stat(path).then(
+    (s) => s.size,
+    () => 0,
+  )
+}
+
+async function hashPrefix(path: string, length: number): Promise<Hash> {
+  const hash = createHash('sha256')
+  if (length === 0) return hash
+  for await (const chunk of createReadStream(path, { start: 0, end: length - 1 }))
+    hash.update(chunk as Buffer)
+  return hash
+}
+
+function rangeMatches(res: IncomingMessage, have: number, knownTotal: number | undefined): boolean {
+  const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers['content-range'] ?? '')
+  if (m === null || Number(m[1]) !== have) return false
+  return m[3] === '*' || knownTotal === undefined || Number(m[3]) === knownTotal
+}
+
+function totalOf(res: IncomingMessage, have: number): number | undefined {
+  if (res.statusCode === 206) {
+    const full = /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1]
+    if (full !== undefined) return Number(full)
+  }
+  const length = res.headers['content-length']
+  return length === undefined ? undefined : (res.statusCode === 206 ? have : 0) + Number(length)
+}
+
+function validatorOf(res: IncomingMessage): { validator?: string } {
+  const etag = res.headers.etag
+  // Only a strong ETag may guard a range (RFC 9110 If-Range); else fall back to the date.
+  if (etag !== undefined && !etag.startsWith('W/')) return { validator: etag }
+  const modified = res.headers['last-modified']
+  return modified === undefined ? {} : { validator: modified }
+}
+
+/** One GET, following redirects; resolves with a 200, 206 or 416 response, throws otherwise. */
+async function request(
+  url: string,
+  have: number,
+  info: PartialInfo,
+  init: DownloadInit,
+  signal: AbortSignal | undefined,
+): Promise<IncomingMessage> {
+  const headers: Record<string, string> = { 'user-agent': 'substrate', 'accept-encoding': 'identity' }
+  if (have > 0) {
+    headers.range = `bytes=${have}-`
+    if (info.validator !== undefined) headers['if-range'] = info.validator
+  }
+  let target = new URL(url)
+  for (let hop = 0; hop <= (init.maxRedirects ?? 5); hop++) {
+    if (target.protocol !== 'http:' && target.protocol !== 'https:') {
+      throw new SubstrateError(
+        'E_DOWNLOAD_FAILED',
+        `cannot download ${target.href}: only http and https are supported`,
+      )
+    }
+    const res = await get(target, headers, init.idleTimeoutMs ?? 30_000, signal)
+    const status = res.statusCode ?? 0
+    if (status === 200 || status === 206 || status === 416) return res
+    res.resume()
+    const location = res.headers.location
+    if (status >= 300 && status < 400 && location !== undefined) {
+      target = new URL(location, target)
+      continue
+    }
+    const line = `GET ${target.href} answered ${status} ${res.statusMessage ?? ''}`.trim()
+    if (status >= 500 || status === 408 || status === 429) throw new Transient(line)
+    throw new SubstrateError('E_DOWNLOAD_FAILED', line, { hint: 'check the URL' })
+  }
+  throw new SubstrateError('E_DOWNLOAD_FAILED', `${url} redirected more than ${init.maxRedirects ?? 5} times`)
+}
+
+function get(
+  target: URL,
+  headers: Record<string, string>,
+  idleTimeoutMs: number,
+  signal: AbortSignal | undefined,
+): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const client = target.protocol === 'https:' ? https : http
+    const req = client.get(target, { headers, ...(signal === undefined ? {} : { signal }) }, resolve)
+    req.setTimeout(idleTimeoutMs, () => req.destroy(new Transient(`no data for ${idleTimeoutMs} ms`)))
+    req.on('error', reject)
+  })
+}

@@ -1,0 +1,359 @@
+// The content-addressed model store: blobs live at models/blobs/sha256-<hex> and names
+// ("name:tag") point at them through the database. Invariant: a name only ever points at
+// a complete, validated blob. Files are written under models/tmp, fsynced, renamed into
+// blobs/, and only then does the name row appear, in one transaction; start() sweeps up
+// whatever a crash left between those steps.
+
+import { createHash, randomUUID } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { mkdir, open, readdir, rename, rm, stat } from 'node:fs/promises'
+import { basename, join, resolve } from 'node:path'
+import { z } from 'zod'
+import { SubstrateError, toSubstrateError } from '../errors.ts'
+import type { Logger } from '../logger.ts'
+import type { Db } from '../store/database.ts'
+import * as table from '../store/models-table.ts'
+import { BUILTIN_MODEL_NAMES, type BuiltinModelName, writeBuiltinModel } from './builtin.ts'
+import { readModelDetails } from './gguf-info.ts'
+import {
+  type DownloadInit,
+  downloadFile,
+  fileNameFromUrl,
+  type OpenWritable,
+  openWritableFile,
+  progressReporter,
+} from './pull.ts'
+import type { ModelRecord, ModelStore, ProgressListener } from './types.ts'
+
+export interface ModelStoreInit {
+  /** $SUBSTRATE_HOME/models */
+  dir: string
+  openWritable?: OpenWritable
+  pull?: Pick<DownloadInit, 'retries' | 'backoffMs' | 'idleTimeoutMs' | 'maxRedirects'>
+}
+
+export interface ManagedModelStore extends ModelStore {
+  start(): Promise<void>
+  stop(): Promise<void>
+}
+
+const NAME_SEGMENT = /^[a-z0-9][a-z0-9._-]*$/
+const TAG = /^[a-z0-9_][a-z0-9._-]{0,127}$/
+
+/** "Llama3.2" → "llama3.2:latest"; throws E_INVALID_ARGUMENT for anything else than name[:tag]. */
+export function normalizeModelName(input: string): string {
+  const trimmed = input.trim().toLowerCase()
+  const colon = trimmed.lastIndexOf(':')
+  const hasTag = colon >= 0 && !trimmed.slice(colon).includes('/')
+  const name = hasTag ? trimmed.slice(0, colon) : trimmed
+  const tag = hasTag ? trimmed.slice(colon + 1) : 'latest'
+  const segments = name.split('/')
+  if (name.length > 200 || !segments.every((s) => NAME_SEGMENT.test(s)) || !TAG.test(tag)) {
+    throw new SubstrateError('E_INVALID_ARGUMENT', `invalid model name "${input}"`, {
+      hint: 'names are letters, digits, ".", "_" and "-", with an optional ":tag", like "llama3.2:1b"',
+    })
+  }
+  return `${name}:${tag}`
+}
+
+const detailsSchema = z.object({
+  format: z.literal('gguf'),
+  architecture: z.string(),
+  family: z.string(),
+  parameterCount: z.number(),
+  parameterSize: z.string(),
+  quantization: z.string(),
+  contextLength: z.number(),
+  chatTemplate: z.string().optional(),
+})
+
+const KEEP_PARTIAL_DOWNLOADS_MS = 7 * 24 * 3600 * 1000
+
+export function createModelStore(
+  components: { db: Db; logger: Logger },
+  init: ModelStoreInit,
+): ManagedModelStore {
+  const { db } = components
+  const logger = components.logger.child('models')
+  const dir = resolve(init.dir)
+  const tmpDir = join(dir, 'tmp')
+  const blobsDir = join(dir, 'blobs')
+  const openWritable = init.openWritable ?? openWritableFile
+  const blobRelPath = (hex: string) => `blobs/sha256-${hex}`
+  const generating = new Map<string, Promise<ModelRecord>>()
+  let made: Promise<unknown> | undefined
+  const ready = () => {
+    made ??= Promise.all([mkdir(blobsDir, { recursive: true }), mkdir(tmpDir, { recursive: true })])
+    return made
+  }
+  // Commits and removals run one at a time, so a removal cannot delete a blob that an
+  // import has just decided to reuse.
+  let queue: Promise<unknown> = Promise.resolve()
+  const serialized = <T>(fn: () => Promise<T>): Promise<T> => {
+    const run = queue.then(fn, fn)
+    queue = run.catch(() => {})
+    return run
+  }
+
+  const toRecord = (row: table.ModelRow): ModelRecord => {
+    const details = detailsSchema.parse(JSON.parse(row.detailsJson))
+    return {
+      name: row.name,
+      digest: row.digest,
+      size: row.size,
+      path: join(dir, blobRelPath(row.digest.slice('sha256:'.length))),
+      modifiedAt: row.modifiedAt,
+      details: { ...details, chatTemplate: details.chatTemplate },
+    }
+  }
+
+  /** Points `name` at a stored blob; the blob the name pointed at before goes if now unused. */
+  async function pointName(name: string, blob: { digest: string; size: number; detailsJson: string }) {
+    const replaced = table.getModel(db, name)
+    db.transaction(() => {
+      const path = blobRelPath(blob.digest.slice('sha256:'.length))
+      const modifiedAt = new Date().toISOString()
+      table.insertBlob(db, { digest: blob.digest, size: blob.size, path, createdAt: modifiedAt })
+      table.upsertModel(db, {
+        name,
+        digest: blob.digest,
+        size: blob.size,
+        detailsJson: blob.detailsJson,
+        modifiedAt,
+      })
+    })
+    if (replaced !== undefined && replaced.digest !== blob.digest) await dropBlobIfUnused(replaced.digest)
+    return toRecord(table.getModel(db, name)!)
+  }
+
+  async function dropBlobIfUnused(digest: string): Promise<void> {
+    if (!db.transaction(() => table.deleteBlobIfUnused(db, digest))) return
+    await rm(join(dir, blobRelPath(digest.slice('sha256:'.length))), { force: true })
+  }
+
+  /** Moves a complete file from tmp/ into blobs/ and points `name` at it; `file` is gone after. */
+  async function commitFile(
+    file: string,
+    meta: { name: string; sha256: string; size: number; label: string; onProgress?: ProgressListener },
+  ): Promise<ModelRecord> {
+    const digest = `sha256:${meta.sha256}`
+    try {
+      meta.onProgress?.({ status: 'verifying model file' })
+      const details = await readModelDetails(file, meta.label)
+      const record = await serialized(async () => {
+        const blobPath = join(dir, blobRelPath(meta.sha256))
+        const onDisk = await stat(blobPath).catch(() => undefined)
+        if (onDisk?.size !== meta.size) {
+          await rename(file, blobPath)
+          await syncDir(blobsDir)
+        }
+        return pointName(meta.name, { digest, size: meta.size, detailsJson: JSON.stringify(details) })
+      })
+      meta.onProgress?.({ status: 'success', digest })
+      logger.info('model stored', { name: meta.name, digest, size: meta.size })
+      return record
+    } catch (err) {
+      throw toSubstrateError(err)
+    } finally {
+      await rm(file, { force: true }) // already renamed away, or a duplicate, or a failure
+    }
+  }
+
+  /** Copies `source` into tmp/ while hashing it; the copy is removed on any failure. */
+  async function copyToTmp(source: string, onProgress?: ProgressListener) {
+    const tmp = join(tmpDir, `import-${randomUUID()}.partial`)
+    const { size: total } = await stat(source)
+    const report = progressReporter(onProgress, 'importing')
+    const hash = createHash('sha256')
+    let size = 0
+    try {
+      const out = await openWritable(tmp, 'w')
+      try {
+        report(0, total, true)
+        for await (const chunk of createReadStream(source, {
+          highWaterMark: 1 << 20,
+        }) as AsyncIterable<Buffer>) {
+          await out.write(chunk, size)
+          hash.update(chunk)
+          size += chunk.length
+          report(size, total)
+        }
+        await out.sync()
+      } finally {
+        await out.close()
+      }
+      return { tmp, sha256: hash.digest('hex'), size }
+    } catch (err) {
+      await rm(tmp, { force: true })
+      throw toSubstrateError(err)
+    }
+  }
+
+  async function importFile(
+    file: string,
+    opts: { name: string; onProgress?: ProgressListener },
+  ): Promise<ModelRecord> {
+    const name = normalizeModelName(opts.name)
+    const source = resolve(file)
+    const info = await stat(source).catch(() => undefined)
+    if (info === undefined || !info.isFile()) {
+      throw new SubstrateError('E_NOT_FOUND', `${file} does not exist or is not a file`)
+    }
+    await ready()
+    const copy = await copyToTmp(source, opts.onProgress)
+    return commitFile(copy.tmp, { ...copy, name, label: basename(file), onProgress: opts.onProgress })
+  }
+
+  async function generateBuiltin(builtin: BuiltinModelName, name: string): Promise<ModelRecord> {
+    await ready()
+    logger.info('generating built-in model', { name })
+    const tmp = join(tmpDir, `builtin-${randomUUID()}.gguf`)
+    try {
+      await writeBuiltinModel(builtin, tmp)
+      const hash = createHash('sha256')
+      let size = 0
+      for await (const chunk of createReadStream(tmp) as AsyncIterable<Buffer>) {
+        hash.update(chunk)
+        size += chunk.length
+      }
+      return await commitFile(tmp, { name, sha256: hash.digest('hex'), size, label: builtin })
+    } finally {
+      await rm(tmp, { force: true })
+    }
+  }
+
+  async function resolveName(input: string): Promise<ModelRecord> {
+    const name = normalizeModelName(input)
+    const row = table.getModel(db, name)
+    if (row !== undefined) return toRecord(row)
+    const builtin = BUILTIN_MODEL_NAMES.find((b) => `${b}:latest` === name)
+    if (builtin === undefined) {
+      throw new SubstrateError('E_MODEL_NOT_FOUND', `model ${name} not found`, {
+        hint: `pull it first (substrate pull URL --name ${name}), or try substrate-tiny`,
+      })
+    }
+    let pending = generating.get(name)
+    if (pending === undefined) {
+      pending = generateBuiltin(builtin, name).finally(() => generating.delete(name))
+      generating.set(name, pending)
+    }
+    return pending
+  }
+
+  async function pull(
+    url: string,
+    opts: { name?: string; sha256?: string; onProgress?: ProgressListener; signal?: AbortSignal },
+  ): Promise<ModelRecord> {
+    try {
+      new URL(url)
+    } catch {
+      throw new SubstrateError('E_INVALID_ARGUMENT', `"${url}" is not a URL`)
+    }
+    const name = normalizeModelName(opts.name ?? fileNameFromUrl(url))
+    const expected = opts.sha256?.toLowerCase().replace(/^sha256:/, '')
+    if (expected !== undefined && !/^[0-9a-f]{64}$/.test(expected)) {
+      throw new SubstrateError(
+        'E_INVALID_ARGUMENT',
+        `"${opts.sha256}" is not a sha256 digest (64 hex digits)`,
+      )
+    }
+    const known = table.listModels(db).find((m) => m.digest === `sha256:${expected}`)
+    if (known !== undefined) {
+      // Content addressing makes the download pointless: the store has these exact bytes.
+      const record = await serialized(() => pointName(name, known))
+      opts.onProgress?.({ status: 'success', digest: known.digest })
+      return record
+    }
+    await ready()
+    const file = await downloadFile(
+      url,
+      { ...init.pull, tmpDir, logger, openWritable },
+      {
+        ...(expected === undefined ? {} : { sha256: expected }),
+        ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
+        ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+      },
+    )
+    try {
+      const label = fileNameFromUrl(url) || url
+      return await commitFile(file.path, { ...file, name, label, onProgress: opts.onProgress })
+    } finally {
+      await rm(file.infoPath, { force: true })
+    }
+  }
+
+  async function remove(input: string): Promise<void> {
+    const name = normalizeModelName(input)
+    await serialized(async () => {
+      const row = table.getModel(db, name)
+      if (row === undefined) throw new SubstrateError('E_MODEL_NOT_FOUND', `model ${name} not found`)
+      // One transaction: a crash can leave an unreferenced file (swept by start()), never a row.
+      const blobGone = db.transaction(
+        () => table.deleteModel(db, name) && table.deleteBlobIfUnused(db, row.digest),
+      )
+      if (blobGone) await rm(join(dir, blobRelPath(row.digest.slice('sha256:'.length))), { force: true })
+      logger.info('model removed', { name })
+    })
+  }
+
+  /** Brings disk and database back into agreement after a crash. */
+  async function start(): Promise<void> {
+    await ready()
+    const now = Date.now()
+    for (const entry of await readdir(tmpDir)) {
+      const path = join(tmpDir, entry)
+      // Interrupted downloads stay so the next pull resumes them; everything else in tmp/
+      // is an import or generation that died half-way.
+      const resumable = /^download-[0-9a-f]{64}\.(partial|json)$/.test(entry)
+      const age = now - ((await stat(path).catch(() => undefined))?.mtimeMs ?? 0)
+      if (resumable && age < KEEP_PARTIAL_DOWNLOADS_MS) continue
+      logger.info('removing leftover temporary file', { file: entry })
+      await rm(path, { recursive: true, force: true })
+    }
+    const referenced = new Set<string>()
+    for (const blob of table.listBlobs(db)) {
+      const onDisk = await stat(join(dir, blob.path)).catch(() => undefined)
+      const names = table.listModels(db).filter((m) => m.digest === blob.digest)
+      if (onDisk?.size === blob.size && names.length > 0) {
+        referenced.add(resolve(dir, blob.path))
+        continue
+      }
+      if (names.length > 0)
+        logger.warn('model file missing or damaged: forgetting the model', {
+          digest: blob.digest,
+          names: names.map((m) => m.name),
+        })
+      db.transaction(() => {
+        for (const m of names) table.deleteModel(db, m.name)
+        table.deleteBlob(db, blob.digest)
+      })
+    }
+    for (const entry of await readdir(blobsDir)) {
+      const path = join(blobsDir, entry)
+      if (referenced.has(path)) continue
+      logger.info('removing unreferenced blob', { file: entry })
+      await rm(path, { recursive: true, force: true })
+    }
+  }
+
+  return {
+    list: () => table.listModels(db).map(toRecord),
+    resolve: resolveName,
+    importFile,
+    pull,
+    remove,
+    start,
+    stop: async () => {
+      await queue
+    },
+  }
+}
+
+async function syncDir(path: string): Promise<void> {
+  const handle = await open(path, 'r')
+  try {
+    await handle.sync()
+  } finally {
+    await handle.close()
+  }
+}
