@@ -9,6 +9,7 @@
 import { createInterface } from 'node:readline'
 import type {
   ChatHistoryItem,
+  ChatWrapper,
   Llama,
   LlamaContext,
   LlamaContextSequence,
@@ -28,6 +29,9 @@ const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n
 let lib: typeof import('node-llama-cpp') | undefined
 let llama: Llama | undefined
 let model: LlamaModel | undefined
+// Resolving the chat wrapper renders the model's Jinja template many times (~200 ms):
+// done once per load, not once per request.
+let chatWrapper: ChatWrapper | undefined
 let context: LlamaContext | undefined
 const freeSequences: LlamaContextSequence[] = []
 const waitingForSequence: Array<(seq: LlamaContextSequence) => void> = []
@@ -39,6 +43,7 @@ async function load(modelPath: string, contextSize: number, parallel: number, th
   lib = await import('node-llama-cpp')
   llama = await lib.getLlama({ gpu: false, logLevel: lib.LlamaLogLevel.error, maxThreads: threads })
   model = await llama.loadModel({ modelPath })
+  chatWrapper = lib.resolveChatWrapper(model)
   const size = Math.min(contextSize, model.trainContextSize) * parallel
   context = await model.createContext({ contextSize: size, sequences: parallel, threads })
   for (let i = 0; i < parallel; i++) freeSequences.push(context.getSequence())
@@ -117,7 +122,7 @@ async function generate(req: GenerateMessage) {
     let stopReason: string
     if (req.mode === 'chat') {
       const history = toHistory(req.messages ?? [])
-      const chat = new lib.LlamaChat({ contextSequence: seq, autoDisposeSequence: false })
+      const chat = new lib.LlamaChat({ contextSequence: seq, chatWrapper, autoDisposeSequence: false })
       try {
         assertFits(model.tokenize(history.map((h) => ('text' in h ? h.text : '')).join('\n')).length)
         const res = await chat.generateResponse(history, { ...common, contextShift: { strategy: 'eraseFirstResponseAndKeepFirstSystem' } })
