@@ -1,0 +1,181 @@
+// Commands about the node itself: serve (the daemon, in the foreground), and the read-only
+// views of it that come back over the API: info, id, config, version.
+
+import { toSubstrateError } from '../errors.ts'
+import type { HardwareInfo } from '../hardware/detect.ts'
+import { VERSION } from '../version.ts'
+import { type Command, type FlagSpec, formatBytes, table, writeJson } from './render.ts'
+
+// Daemon settings serve accepts as flags; names match loadConfig's short names.
+const serveFlags: Record<string, FlagSpec> = {
+  threads: { type: 'string', value: 'N', help: 'CPU threads per runner (SUBSTRATE_THREADS)' },
+  'keep-alive': {
+    type: 'string',
+    value: 'D',
+    help: 'how long an idle model stays loaded: 5m, 1h, 0, -1 = forever (SUBSTRATE_KEEP_ALIVE)',
+  },
+  parallel: { type: 'string', value: 'N', help: 'concurrent requests per model (SUBSTRATE_PARALLEL)' },
+  'context-size': { type: 'string', value: 'N', help: 'context tokens per request (SUBSTRATE_CONTEXT_SIZE)' },
+  'max-loaded-models': {
+    type: 'string',
+    value: 'N',
+    help: 'models kept loaded at once (SUBSTRATE_MAX_LOADED_MODELS)',
+  },
+  'log-level': { type: 'string', value: 'L', help: 'debug, info, warn or error (SUBSTRATE_LOG_LEVEL)' },
+  sandbox: { type: 'string', value: 'B', help: 'runner sandbox: bwrap, gvisor or none (SUBSTRATE_SANDBOX)' },
+}
+
+const serve: Command = {
+  usage: 'substrate serve [--host H[:P]] [--port P] [--home DIR] [--threads N] [--keep-alive D] ...',
+  description:
+    'Starts the daemon in the foreground and serves the Ollama-compatible (/api), OpenAI-compatible\n' +
+    '(/v1) and native (/substrate/v1) APIs until Ctrl+C or SIGTERM. Settings come from flags, then\n' +
+    'SUBSTRATE_* variables, then $SUBSTRATE_HOME/config.toml, then defaults. Only one daemon may use\n' +
+    'a home at a time. Other commands start a daemon in the background themselves when none runs.',
+  examples: [
+    'substrate serve',
+    'substrate serve --port 11500 --keep-alive 30m',
+    'SUBSTRATE_HOME=/tmp/node2 substrate serve --port 0',
+  ],
+  env: [
+    'SUBSTRATE_LOG_LEVEL  debug, info, warn or error',
+    'SUBSTRATE_LOG_FORMAT json for one JSON object per log line',
+    'SUBSTRATE_KEEP_ALIVE, SUBSTRATE_THREADS, SUBSTRATE_PARALLEL, SUBSTRATE_CONTEXT_SIZE',
+  ],
+  flags: serveFlags,
+  args: { min: 0, max: 0 },
+  async run(ctx, { values }) {
+    // Loaded here, not at the top: only serve needs the daemon's code.
+    const [{ loadConfig, describeConfig }, { createNode }, { createLogger }] = await Promise.all([
+      import('../config/load.ts'),
+      import('../node.ts'),
+      import('../logger.ts'),
+    ])
+    const flags: Record<string, string | undefined> = {
+      host: ctx.connection.host,
+      port: ctx.connection.port,
+      token: ctx.connection.token,
+    }
+    for (const name of Object.keys(serveFlags)) {
+      const value = values[name]
+      if (typeof value === 'string') flags[name] = value
+    }
+    const config = loadConfig({ flags, home: ctx.connection.home })
+    const logger = createLogger({ level: config.log.level })
+    const node = await createNode(config, { logger, describeConfig: () => describeConfig(config) })
+    logger.info(`substrate ${VERSION} ready`, { url: node.api.url, home: config.home, pid: process.pid })
+
+    let signals = 0
+    const onSignal = (signal: NodeJS.Signals) => {
+      // A second Ctrl+C means "now": skip waiting for runners to wind down.
+      if (++signals > 1) process.exit(130)
+      logger.info('stopping', { signal })
+      void node.stop()
+    }
+    process.on('SIGINT', onSignal)
+    process.on('SIGTERM', onSignal)
+    try {
+      await node.stopped
+    } finally {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    }
+    logger.info('stopped')
+    // Everything is closed; if a stray handle still holds the loop, do not hang the shell.
+    setTimeout(() => process.exit(process.exitCode ?? 0), 2000).unref()
+  },
+}
+
+function hardwareLines(hw: HardwareInfo): string[][] {
+  const cpu = `${hw.cpu.model} (${hw.cpu.cores} cores, ${hw.cpu.physicalCores} physical${
+    hw.cpu.features.length ? `; ${hw.cpu.features.join(' ')}` : ''
+  })`
+  const gpu =
+    hw.gpu.kind === 'none'
+      ? 'none found'
+      : `${hw.gpu.kind}${hw.gpu.name ? ` ${hw.gpu.name}` : ''}: ${formatBytes(hw.gpu.vramFreeBytes)} free of ${formatBytes(hw.gpu.vramBytes)}`
+  return [
+    ['CPU', cpu],
+    ['Memory', `${formatBytes(hw.memory.freeBytes)} free of ${formatBytes(hw.memory.totalBytes)}`],
+    ['GPU', gpu],
+    [
+      'Disk',
+      `${formatBytes(hw.disk.freeBytes)} free of ${formatBytes(hw.disk.totalBytes)} at ${hw.disk.path}`,
+    ],
+    ['OS', `${hw.os.platform} ${hw.os.release} ${hw.os.arch}`],
+  ]
+}
+
+const info: Command = {
+  usage: 'substrate info',
+  description:
+    'Shows the hardware the daemon sees (CPU and its SIMD features, memory, GPU, free disk in its\nhome): what decides which models this node can load and what it can offer the mesh.',
+  examples: ['substrate info', 'substrate info --json | jq .memory'],
+  flags: {},
+  args: { min: 0, max: 0 },
+  async run(ctx) {
+    const hw = await (await ctx.daemon()).info()
+    if (ctx.json) return writeJson(ctx.io.stdout, hw)
+    for (const [label, text] of hardwareLines(hw)) ctx.io.stdout.write(`${label!.padEnd(8)}${text}\n`)
+  },
+}
+
+const id: Command = {
+  usage: 'substrate id',
+  description:
+    "Shows this node's identity: the id derived from its Ed25519 key (kept in\n$SUBSTRATE_HOME/identity.key) and the public key, base64. Peers know the node by this id.",
+  examples: ['substrate id', 'substrate id --json'],
+  flags: {},
+  args: { min: 0, max: 0 },
+  async run(ctx) {
+    const identity = await (await ctx.daemon()).id()
+    if (ctx.json) return writeJson(ctx.io.stdout, identity)
+    ctx.io.stdout.write(`id          ${identity.id}\npublic key  ${identity.publicKey}\n`)
+  },
+}
+
+const config: Command = {
+  usage: 'substrate config',
+  description:
+    "Shows the running daemon's configuration: every key, its value (the token redacted) and where\nit came from: a flag, a SUBSTRATE_* variable, $SUBSTRATE_HOME/config.toml, or the default.",
+  examples: ['substrate config', 'substrate config --json'],
+  flags: {},
+  args: { min: 0, max: 0 },
+  async run(ctx) {
+    const { entries } = await (await ctx.daemon()).config()
+    if (ctx.json) return writeJson(ctx.io.stdout, entries)
+    const show = (v: unknown) => (typeof v === 'string' ? v : JSON.stringify(v))
+    ctx.io.stdout.write(
+      table(
+        ['KEY', 'VALUE', 'SOURCE'],
+        entries.map((e) => [e.key, show(e.value), e.source]),
+      ),
+    )
+  },
+}
+
+const version: Command = {
+  usage: 'substrate version',
+  description:
+    "Shows the CLI's version and, if a daemon answers, the daemon's; they should match. Never starts\na daemon. `substrate --version` prints only the CLI's version and is instant.",
+  examples: ['substrate version', 'substrate version --json'],
+  flags: {},
+  args: { min: 0, max: 0 },
+  async run(ctx) {
+    let daemon: string | null = null
+    let why = ''
+    try {
+      const client = await ctx.client()
+      daemon = (await client.version({ signal: AbortSignal.timeout(2000) })).version
+    } catch (err) {
+      why = toSubstrateError(err).message
+    }
+    if (ctx.json) return writeJson(ctx.io.stdout, { client: VERSION, daemon })
+    ctx.io.stdout.write(`client version ${VERSION}\n`)
+    ctx.io.stdout.write(daemon === null ? `daemon: not reachable (${why})\n` : `daemon version ${daemon}\n`)
+    if (daemon !== null && daemon !== VERSION)
+      ctx.io.stderr.write('warning: the client and daemon versions differ\n')
+  },
+}
+
+export const commands: Record<string, Command> = { serve, info, id, config, version }
