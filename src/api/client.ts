@@ -233,7 +233,11 @@ export function createClient(init: ClientInit) {
     try {
       return (await res.json()) as T
     } catch (err) {
-      throw transportError(err, call.signal)
+      if (!(err instanceof SyntaxError)) throw transportError(err, call.signal)
+      throw new SubstrateError('E_DAEMON_UNREACHABLE', `${base}${path} did not answer with JSON`, {
+        hint: 'something other than a substrate daemon may be listening there; check --host/--port',
+        cause: err,
+      })
     }
   }
 

@@ -51,8 +51,8 @@ const pull: Command = {
     } finally {
       progress.done()
     }
-    if (ctx.json) return writeJson(ctx.io.stdout, { status: 'success', source })
-    ctx.io.stderr.write('success\n')
+    // Without --json the progress display has already said "success".
+    if (ctx.json) writeJson(ctx.io.stdout, { status: 'success', source })
   },
 }
 

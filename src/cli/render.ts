@@ -89,6 +89,15 @@ export function formatMs(ms: number): string {
 
 export const formatNs = (ns: number): string => formatMs(ns / 1e6)
 
+/** Whole seconds, rounded up: an ETA of "0s" while bytes are still missing would be a lie. */
+export function formatEta(seconds: number): string {
+  const s = Math.max(1, Math.ceil(seconds))
+  if (s < 60) return `${s}s`
+  const h = Math.floor(s / 3600)
+  const m = Math.floor((s % 3600) / 60)
+  return h > 0 ? `${h}h${m}m` : `${m}m${s % 60}s`
+}
+
 const plural = (n: number, unit: string) => `${n} ${unit}${n === 1 ? '' : 's'}`
 
 function roughly(ms: number): string {
@@ -159,7 +168,7 @@ export function createProgress(out: OutStream, now: () => number = Date.now) {
     const speed = bytesPerSecond === undefined ? '' : `${formatBytes(bytesPerSecond)}/s`
     const eta =
       bytesPerSecond && bytesPerSecond > 0 && completed < total
-        ? formatMs(((total - completed) / bytesPerSecond) * 1000).replace(/\.\d+(?=s$)/, '')
+        ? formatEta((total - completed) / bytesPerSecond)
         : ''
     const label = status!.length > 30 ? `${status!.slice(0, 29)}…` : status!
     const tail = ` ${formatBytes(completed)}/${formatBytes(total)}  ${speed.padStart(11)}  ${eta}`
