@@ -3,7 +3,7 @@
 // error can name the layer and key; the assembled object then goes through configSchema,
 // which also enforces the rules that span keys (a public bind needs a token).
 import { isIPv4, isIPv6 } from 'node:net'
-import { availableParallelism, homedir } from 'node:os'
+import { homedir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { z } from 'zod'
 import { SubstrateError } from '../errors.ts'
@@ -100,7 +100,10 @@ export const leafSchemas = {
   },
   'api.port': { schema: z.number().int().min(0).max(65535), expect: 'an integer between 0 (any free port) and 65535' },
   'api.token': { schema: z.string().regex(/^\S+$/), expect: 'a non-empty string without spaces' },
-  'runtime.threads': { schema: positiveInt, expect: 'an integer of at least 1' },
+  'runtime.threads': {
+    schema: z.number().int().min(0),
+    expect: 'an integer: 0 (auto: measured per model at load) or a thread count',
+  },
   'runtime.keepAlive': {
     schema: z.union([z.string(), z.number()]).transform((v, ctx) => {
       try {
@@ -127,11 +130,6 @@ export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
   return fromEnv !== undefined && fromEnv !== '' ? resolve(fromEnv) : join(homedir(), '.substrate')
 }
 
-/** One llama.cpp thread per core the process may use; the affinity mask is respected. */
-export function defaultThreads(): number {
-  return Math.max(1, availableParallelism())
-}
-
 export const nonLoopbackHint =
   'set api.token (SUBSTRATE_TOKEN or --token) so clients must send "Authorization: Bearer <token>", ' +
   'or bind to 127.0.0.1'
@@ -148,7 +146,8 @@ export const configSchema = z
       .prefault({}),
     runtime: z
       .object({
-        threads: leafSchemas['runtime.threads'].schema.default(defaultThreads),
+        /** 0 = auto: the runner measures 1 thread against all cores on small models and keeps the faster. */
+        threads: leafSchemas['runtime.threads'].schema.default(0),
         /** Milliseconds an idle model stays loaded; Infinity means forever, 0 unloads at once. */
         keepAlive: leafSchemas['runtime.keepAlive'].schema.prefault('5m'),
         /** Concurrent sequences per loaded model. */

@@ -29,7 +29,8 @@ export const loadMessageSchema = z.object({
   modelPath: z.string(),
   contextSize: z.number().int().positive(),
   parallel: z.number().int().positive(),
-  threads: z.number().int().positive(),
+  /** 0 = choose by measurement */
+  threads: z.number().int().nonnegative(),
 })
 
 export const generateMessageSchema = z.object({
@@ -72,6 +73,9 @@ export const fromRunnerSchema = z.discriminatedUnion('type', [
     contextSize: z.number().int(),
     trainContextSize: z.number().int(),
     buildType: z.string(),
+    threads: z.number().int().positive(),
+    /** decode tokens/s per thread count tried when threads were chosen by measurement */
+    measuredTokensPerSecond: z.record(z.string(), z.number()),
   }),
   z.object({ type: z.literal('token'), id: z.string(), text: z.string() }),
   z.object({ type: z.literal('done'), id: z.string(), stats: generationStatsSchema }),

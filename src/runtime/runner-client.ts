@@ -32,6 +32,8 @@ export interface RunnerHandle {
   readonly contextSize: number
   readonly loadMs: number
   readonly buildType: string
+  /** threads the runner decodes with (chosen by measurement when configured as 0) */
+  readonly threads: number
   /** requests currently generating or waiting for a sequence */
   readonly active: number
   generate(req: RunnerRequest, signal?: AbortSignal): AsyncIterable<RunnerEvent>
@@ -145,13 +147,21 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
     }
   })
   onLoadError = undefined
-  log.debug('model loaded', { ms: Math.round(ready.loadMs), build: ready.buildType })
+  log.info('model loaded', {
+    ms: Math.round(ready.loadMs),
+    build: ready.buildType,
+    threads: ready.threads,
+    ...(Object.keys(ready.measuredTokensPerSecond).length > 0 && {
+      measured: Object.fromEntries(Object.entries(ready.measuredTokensPerSecond).map(([k, v]) => [k, Math.round(v)])),
+    }),
+  })
 
   return {
     pid: child.pid ?? -1,
     contextSize: ready.contextSize,
     loadMs: ready.loadMs,
     buildType: ready.buildType,
+    threads: ready.threads,
     get active() {
       return requests.size
     },

@@ -6,6 +6,7 @@
 // node-llama-cpp batches the evaluations of concurrently generating sequences into one
 // decode call, which is where the multi-stream throughput comes from.
 
+import { statSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 import type {
   ChatHistoryItem,
@@ -23,6 +24,7 @@ import {
   type SamplingOptions,
   toRunnerSchema,
 } from './protocol.ts'
+import { chooseThreads } from './threads.ts'
 
 const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n`)
 
@@ -41,11 +43,12 @@ let sequenceContextSize = 0
 async function load(modelPath: string, contextSize: number, parallel: number, threads: number) {
   const started = performance.now()
   lib = await import('node-llama-cpp')
-  llama = await lib.getLlama({ gpu: false, logLevel: lib.LlamaLogLevel.error, maxThreads: threads })
+  llama = await lib.getLlama({ gpu: false, logLevel: lib.LlamaLogLevel.error, maxThreads: 0 })
   model = await llama.loadModel({ modelPath })
   chatWrapper = lib.resolveChatWrapper(model)
+  const choice = await chooseThreads(model, threads, statSync(modelPath).size)
   const size = Math.min(contextSize, model.trainContextSize) * parallel
-  context = await model.createContext({ contextSize: size, sequences: parallel, threads })
+  context = await model.createContext({ contextSize: size, sequences: parallel, threads: choice.threads })
   for (let i = 0; i < parallel; i++) freeSequences.push(context.getSequence())
   sequenceContextSize = context.contextSize / parallel
   send({
@@ -54,6 +57,8 @@ async function load(modelPath: string, contextSize: number, parallel: number, th
     contextSize: sequenceContextSize,
     trainContextSize: model.trainContextSize,
     buildType: llama.buildType,
+    threads: choice.threads,
+    measuredTokensPerSecond: choice.measured,
   })
 }
 

@@ -10,6 +10,7 @@ import { type RunnerHandle, startRunner } from './runner-client.ts'
 import { type SpawnRunner, spawnUnsandboxedRunner } from './spawn.ts'
 
 export interface RuntimeInit {
+  /** 0 = each runner measures and picks */
   threads: number
   parallel: number
   contextSize: number
@@ -45,6 +46,7 @@ export interface LoadedModel {
   pid: number
   active: number
   buildType: string
+  threads: number
   /** ms since epoch; Infinity when kept forever; the time it will unload when idle */
   expiresAt: number
 }
@@ -193,6 +195,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
           pid: s.loaded!.pid,
           active: s.loaded!.active,
           buildType: s.loaded!.buildType,
+          threads: s.loaded!.threads,
           expiresAt: s.loaded!.active > 0 ? Date.now() + s.keepAliveMs : s.expiresAt,
         }))
     },

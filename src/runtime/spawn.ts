@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url'
 export interface RunnerSpawnSpec {
   /** the model file the runner will load: the only model a sandbox needs to expose */
   modelPath: string
+  /** 0 = the runner chooses by measurement */
   threads: number
 }
 
@@ -19,16 +20,15 @@ export const runnerEntry = fileURLToPath(
 )
 
 /** The environment a runner gets: nothing of the daemon's secrets, only what it needs to run. */
-export function runnerEnvironment(threads: number): NodeJS.ProcessEnv {
+export function runnerEnvironment(): NodeJS.ProcessEnv {
   const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'NODE_LLAMA_CPP_SKIP_DOWNLOAD']
   const env: NodeJS.ProcessEnv = {}
   for (const k of keep) if (process.env[k] !== undefined) env[k] = process.env[k]
-  env.OMP_NUM_THREADS = String(threads)
   return env
 }
 
 export const spawnUnsandboxedRunner: SpawnRunner = (spec) =>
   spawn(process.execPath, [runnerEntry], {
     stdio: ['pipe', 'pipe', 'pipe'],
-    env: runnerEnvironment(spec.threads),
+    env: runnerEnvironment(),
   })
