@@ -59,8 +59,12 @@ const rate = (count: number | undefined, ns: number | undefined) =>
   ns && count ? `${((count * 1e9) / ns).toFixed(0)} tokens/s` : 'n/a'
 console.log('\n')
 console.log(`  load            ${ms(final.load_duration).toFixed(1)} ms`)
-console.log(`  prompt eval     ${final.prompt_eval_count} tokens, ${ms(final.prompt_eval_duration).toFixed(1)} ms`)
-console.log(`  generation      ${final.eval_count} tokens, ${ms(final.eval_duration).toFixed(1)} ms (${rate(final.eval_count, final.eval_duration)})`)
+console.log(
+  `  prompt eval     ${final.prompt_eval_count} tokens, ${ms(final.prompt_eval_duration).toFixed(1)} ms`,
+)
+console.log(
+  `  generation      ${final.eval_count} tokens, ${ms(final.eval_duration).toFixed(1)} ms (${rate(final.eval_count, final.eval_duration)})`,
+)
 console.log(`  total           ${ms(final.total_duration).toFixed(1)} ms, done: ${final.done_reason}`)
 
 await client.shutdown()

@@ -10,7 +10,10 @@ export const MAX_BODY_BYTES = 16 * 1024 * 1024
 export async function readBody(req: IncomingMessage, limit = MAX_BODY_BYTES): Promise<Buffer> {
   const declared = Number(req.headers['content-length'])
   if (Number.isFinite(declared) && declared > limit) {
-    throw new SubstrateError('E_PAYLOAD_TOO_LARGE', `request body is ${declared} bytes; the limit is ${limit}`)
+    throw new SubstrateError(
+      'E_PAYLOAD_TOO_LARGE',
+      `request body is ${declared} bytes; the limit is ${limit}`,
+    )
   }
   const chunks: Buffer[] = []
   let size = 0
@@ -52,7 +55,10 @@ export async function readJson<S extends z.ZodType>(req: IncomingMessage, schema
 
 export function sendJson(res: ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body)
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text) })
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  })
   res.end(text)
 }
 
@@ -63,7 +69,11 @@ export function sendError(res: ServerResponse, err: unknown, style: ErrorStyle =
   if (res.headersSent) {
     // Mid-stream: the status is gone; say it in the stream's own format, then end.
     if (!res.writableEnded) {
-      res.end(style === 'openai' ? `data: ${JSON.stringify({ error: openaiError(e) })}\n\n` : `${JSON.stringify(e.toJSON())}\n`)
+      res.end(
+        style === 'openai'
+          ? `data: ${JSON.stringify({ error: openaiError(e) })}\n\n`
+          : `${JSON.stringify(e.toJSON())}\n`,
+      )
     }
     return
   }
@@ -71,7 +81,8 @@ export function sendError(res: ServerResponse, err: unknown, style: ErrorStyle =
 }
 
 function openaiError(e: SubstrateError) {
-  const type = e.status >= 500 ? 'server_error' : e.status === 401 ? 'authentication_error' : 'invalid_request_error'
+  const type =
+    e.status >= 500 ? 'server_error' : e.status === 401 ? 'authentication_error' : 'invalid_request_error'
   return { message: e.message, type, param: null, code: e.code }
 }
 

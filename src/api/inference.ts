@@ -28,12 +28,19 @@ export interface InferenceComponents {
 
 /** Ollama's num_predict: -1 (and -2, "fill the context") mean no limit; 0 means no tokens. */
 export function maxTokensFromPredict(numPredict: number | undefined | null): number | undefined {
-  if (numPredict === undefined || numPredict === null || numPredict === -1 || numPredict === -2) return undefined
+  if (numPredict === undefined || numPredict === null || numPredict === -1 || numPredict === -2)
+    return undefined
   if (!Number.isInteger(numPredict) || numPredict < -2) {
-    throw new SubstrateError('E_INVALID_ARGUMENT', `num_predict must be -1, -2 or a token count ≥ 0, not ${numPredict}`)
+    throw new SubstrateError(
+      'E_INVALID_ARGUMENT',
+      `num_predict must be -1, -2 or a token count ≥ 0, not ${numPredict}`,
+    )
   }
   if (numPredict > MAX_PREDICT) {
-    throw new SubstrateError('E_INVALID_ARGUMENT', `num_predict ${numPredict} is absurd: the limit is ${MAX_PREDICT}`)
+    throw new SubstrateError(
+      'E_INVALID_ARGUMENT',
+      `num_predict ${numPredict} is absurd: the limit is ${MAX_PREDICT}`,
+    )
   }
   return numPredict
 }
@@ -52,10 +59,18 @@ export function samplingFromOllama(options: OllamaOptions | undefined): Sampling
   }
 }
 
-export async function* infer(components: InferenceComponents, req: InferenceRequest): AsyncGenerator<RuntimeEvent> {
+export async function* infer(
+  components: InferenceComponents,
+  req: InferenceRequest,
+): AsyncGenerator<RuntimeEvent> {
   const model = await components.models.resolve(req.model)
   if (req.options.maxTokens === 0) {
-    yield { type: 'done', stats: { reason: 'length', promptTokens: 0, outputTokens: 0, promptEvalMs: 0, evalMs: 0 }, loadMs: 0, totalMs: 0 }
+    yield {
+      type: 'done',
+      stats: { reason: 'length', promptTokens: 0, outputTokens: 0, promptEvalMs: 0, evalMs: 0 },
+      loadMs: 0,
+      totalMs: 0,
+    }
     return
   }
   yield* components.runtime.generate({

@@ -10,7 +10,11 @@ export interface Route {
   handler: (req: IncomingMessage, res: ServerResponse, url: URL) => Promise<void>
 }
 
-export function matchRoute(routes: readonly Route[], method: string, pathname: string): Route | 'method' | undefined {
+export function matchRoute(
+  routes: readonly Route[],
+  method: string,
+  pathname: string,
+): Route | 'method' | undefined {
   let pathMatched = false
   for (const r of routes) {
     const hit = r.path.endsWith('/*') ? pathname.startsWith(r.path.slice(0, -1)) : r.path === pathname

@@ -24,7 +24,11 @@ export interface NativeRouteComponents {
   requestShutdown: () => void
 }
 
-const importSchema = z.object({ path: z.string().min(1), name: z.string().min(1), stream: z.boolean().optional() })
+const importSchema = z.object({
+  path: z.string().min(1),
+  name: z.string().min(1),
+  stream: z.boolean().optional(),
+})
 const stopSchema = z.object({ model: z.string().min(1) })
 
 export function nativeRoutes(c: NativeRouteComponents): Route[] {
@@ -39,7 +43,10 @@ export function nativeRoutes(c: NativeRouteComponents): Route[] {
       method: 'GET',
       path: '/substrate/v1/id',
       handler: async (_req, res) =>
-        sendJson(res, 200, { id: c.identity.id, publicKey: Buffer.from(c.identity.publicKey).toString('base64') }),
+        sendJson(res, 200, {
+          id: c.identity.id,
+          publicKey: Buffer.from(c.identity.publicKey).toString('base64'),
+        }),
     },
     {
       method: 'GET',

@@ -12,12 +12,12 @@ import { createStreamWriter, disconnectSignal, readJson, sendJson } from './http
 import { infer, samplingFromOllama } from './inference.ts'
 import type { Route } from './router.ts'
 import {
-  type OllamaModelDetails,
-  type OllamaPsModel,
-  type OllamaTagsModel,
   chatRequestSchema,
   generateRequestSchema,
   modelNameRequestSchema,
+  type OllamaModelDetails,
+  type OllamaPsModel,
+  type OllamaTagsModel,
   pullRequestSchema,
 } from './types.ts'
 
@@ -75,7 +75,13 @@ async function respond(
     let text = ''
     for await (const ev of events) {
       if (ev.type === 'token') text += ev.text
-      else sendJson(res, 200, { ...base(), ...shape(text), done: true, ...finalFields(ev.stats, ev.loadMs, ev.totalMs) })
+      else
+        sendJson(res, 200, {
+          ...base(),
+          ...shape(text),
+          done: true,
+          ...finalFields(ev.stats, ev.loadMs, ev.totalMs),
+        })
     }
     return
   }
@@ -84,12 +90,22 @@ async function respond(
   const out = createStreamWriter(res, 'application/x-ndjson')
   for (let it = first; !it.done; it = await events.next()) {
     const ev = it.value
-    if (ev.type === 'token') await out.write(`${JSON.stringify({ ...base(), ...shape(ev.text), done: false })}\n`)
-    else out.end(`${JSON.stringify({ ...base(), ...shape(''), done: true, ...finalFields(ev.stats, ev.loadMs, ev.totalMs) })}\n`)
+    if (ev.type === 'token')
+      await out.write(`${JSON.stringify({ ...base(), ...shape(ev.text), done: false })}\n`)
+    else
+      out.end(
+        `${JSON.stringify({ ...base(), ...shape(''), done: true, ...finalFields(ev.stats, ev.loadMs, ev.totalMs) })}\n`,
+      )
   }
 }
 
-async function loadOrUnload(c: OllamaRouteComponents, res: ServerResponse, name: string, keepAlive: number | undefined, shape: Shape) {
+async function loadOrUnload(
+  c: OllamaRouteComponents,
+  res: ServerResponse,
+  name: string,
+  keepAlive: number | undefined,
+  shape: Shape,
+) {
   const model = await c.models.resolve(name)
   const base = { model: name, created_at: new Date().toISOString(), ...shape('') }
   if (keepAlive === 0) {
@@ -110,7 +126,8 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
         const body = await readJson(req, generateRequestSchema)
         const keepAlive = keepAliveMs(body.keep_alive)
         const shape: Shape = (text) => ({ response: text })
-        if (body.prompt === undefined || body.prompt === '') return loadOrUnload(c, res, body.model, keepAlive, shape)
+        if (body.prompt === undefined || body.prompt === '')
+          return loadOrUnload(c, res, body.model, keepAlive, shape)
         const raw = body.raw === true
         const messages: ChatMessage[] = []
         if (body.system) messages.push({ role: 'system', content: body.system })
@@ -134,10 +151,12 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
         const keepAlive = keepAliveMs(body.keep_alive)
         const shape: Shape = (text) => ({ message: { role: 'assistant', content: text } })
         if (body.messages.length === 0) return loadOrUnload(c, res, body.model, keepAlive, shape)
-        const messages = body.messages.map((m): ChatMessage => ({
-          role: m.role === 'tool' ? 'user' : m.role,
-          content: m.content,
-        }))
+        const messages = body.messages.map(
+          (m): ChatMessage => ({
+            role: m.role === 'tool' ? 'user' : m.role,
+            content: m.content,
+          }),
+        )
         await respond(c, req, res, body.model, body.stream !== false, shape, {
           model: body.model,
           mode: 'chat',
@@ -197,8 +216,19 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
             model: p.name,
             size: p.size,
             digest: p.digest.replace(/^sha256:/, ''),
-            details: m ? ollamaDetails(m) : { parent_model: '', format: 'gguf', family: '', families: [], parameter_size: '', quantization_level: '' },
-            expires_at: Number.isFinite(p.expiresAt) ? new Date(p.expiresAt).toISOString() : '2318-11-26T00:00:00Z',
+            details: m
+              ? ollamaDetails(m)
+              : {
+                  parent_model: '',
+                  format: 'gguf',
+                  family: '',
+                  families: [],
+                  parameter_size: '',
+                  quantization_level: '',
+                },
+            expires_at: Number.isFinite(p.expiresAt)
+              ? new Date(p.expiresAt).toISOString()
+              : '2318-11-26T00:00:00Z',
             size_vram: 0,
             context_length: p.contextSize,
           }
@@ -224,7 +254,9 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
           return
         }
         const out = createStreamWriter(res, 'application/x-ndjson')
-        await out.write(`${JSON.stringify({ status: isUrl ? `pulling ${source}` : `resolving ${source}` })}\n`)
+        await out.write(
+          `${JSON.stringify({ status: isUrl ? `pulling ${source}` : `resolving ${source}` })}\n`,
+        )
         await pull((e) => void out.write(`${JSON.stringify(e)}\n`).catch(() => {}))
         out.end(`${JSON.stringify({ status: 'success' })}\n`)
       },
@@ -238,7 +270,8 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
         const existing = c.models.list().find((m) => m.name === name || m.name === `${name}:latest`)
         if (!existing) throw new SubstrateError('E_MODEL_NOT_FOUND', `model '${name}' not found`)
         await c.models.remove(existing.name)
-        if (!c.models.list().some((m) => m.digest === existing.digest)) await c.runtime.unload(existing.digest)
+        if (!c.models.list().some((m) => m.digest === existing.digest))
+          await c.runtime.unload(existing.digest)
         sendJson(res, 200, {})
       },
     },

@@ -24,11 +24,22 @@ export interface OpenAIRouteComponents {
 
 const finishReason = (r: DoneReason) => (r === 'length' ? 'length' : 'stop')
 
-function sampling(body: OpenAIChatRequest | OpenAICompletionRequest, maxTokens: number | null | undefined): SamplingOptions {
+function sampling(
+  body: OpenAIChatRequest | OpenAICompletionRequest,
+  maxTokens: number | null | undefined,
+): SamplingOptions {
   if (maxTokens !== null && maxTokens !== undefined && (maxTokens < 0 || maxTokens > MAX_PREDICT)) {
-    throw new SubstrateError('E_INVALID_ARGUMENT', `max_tokens must be between 0 and ${MAX_PREDICT}, not ${maxTokens}`)
+    throw new SubstrateError(
+      'E_INVALID_ARGUMENT',
+      `max_tokens must be between 0 and ${MAX_PREDICT}, not ${maxTokens}`,
+    )
   }
-  const stop = body.stop === null || body.stop === undefined ? undefined : typeof body.stop === 'string' ? [body.stop] : body.stop
+  const stop =
+    body.stop === null || body.stop === undefined
+      ? undefined
+      : typeof body.stop === 'string'
+        ? [body.stop]
+        : body.stop
   return {
     temperature: body.temperature ?? undefined,
     topP: body.top_p ?? undefined,
@@ -70,9 +81,19 @@ async function complete(
       }
       const choice =
         kind === 'chat'
-          ? { index: 0, message: { role: 'assistant', content: text }, logprobs: null, finish_reason: finishReason(ev.stats.reason) }
+          ? {
+              index: 0,
+              message: { role: 'assistant', content: text },
+              logprobs: null,
+              finish_reason: finishReason(ev.stats.reason),
+            }
           : { index: 0, text, logprobs: null, finish_reason: finishReason(ev.stats.reason) }
-      sendJson(res, 200, { ...head, object, choices: [choice], usage: usage(ev.stats.promptTokens, ev.stats.outputTokens) })
+      sendJson(res, 200, {
+        ...head,
+        object,
+        choices: [choice],
+        usage: usage(ev.stats.promptTokens, ev.stats.outputTokens),
+      })
     }
     return
   }
@@ -80,7 +101,12 @@ async function complete(
   const chunkObject = kind === 'chat' ? 'chat.completion.chunk' : 'text_completion'
   const chunk = (text: string, finish: string | null, first = false) =>
     kind === 'chat'
-      ? { index: 0, delta: first ? { role: 'assistant', content: text } : finish ? {} : { content: text }, logprobs: null, finish_reason: finish }
+      ? {
+          index: 0,
+          delta: first ? { role: 'assistant', content: text } : finish ? {} : { content: text },
+          logprobs: null,
+          finish_reason: finish,
+        }
       : { index: 0, text, logprobs: null, finish_reason: finish }
   const sse = (data: unknown) => `data: ${JSON.stringify(data)}\n\n`
   const first = await events.next()
@@ -93,9 +119,18 @@ async function complete(
       sentFirst = true
       continue
     }
-    await out.write(sse({ ...head, object: chunkObject, choices: [chunk('', finishReason(ev.stats.reason))] }))
+    await out.write(
+      sse({ ...head, object: chunkObject, choices: [chunk('', finishReason(ev.stats.reason))] }),
+    )
     if (body.stream_options?.include_usage) {
-      await out.write(sse({ ...head, object: chunkObject, choices: [], usage: usage(ev.stats.promptTokens, ev.stats.outputTokens) }))
+      await out.write(
+        sse({
+          ...head,
+          object: chunkObject,
+          choices: [],
+          usage: usage(ev.stats.promptTokens, ev.stats.outputTokens),
+        }),
+      )
     }
     out.end('data: [DONE]\n\n')
   }
@@ -133,14 +168,21 @@ export function openaiRoutes(c: OpenAIRouteComponents): Route[] {
       handler: async (req, res) => {
         const body = await readJson(req, openaiCompletionRequestSchema)
         const prompt = typeof body.prompt === 'string' ? body.prompt : body.prompt[0]!
-        await complete(c, req, res, 'text', body, { mode: 'completion', prompt, options: sampling(body, body.max_tokens ?? 16) })
+        await complete(c, req, res, 'text', body, {
+          mode: 'completion',
+          prompt,
+          options: sampling(body, body.max_tokens ?? 16),
+        })
       },
     },
     {
       method: 'GET',
       path: '/v1/models',
       handler: async (_req, res) => {
-        sendJson(res, 200, { object: 'list', data: c.models.list().map((m) => modelObject(m.name, m.modifiedAt)) })
+        sendJson(res, 200, {
+          object: 'list',
+          data: c.models.list().map((m) => modelObject(m.name, m.modifiedAt)),
+        })
       },
     },
     {

@@ -1,9 +1,9 @@
 // All routes of the daemon's API, in one list.
 
+import type { Route } from './router.ts'
 import { type NativeRouteComponents, nativeRoutes } from './routes-native.ts'
 import { ollamaRoutes } from './routes-ollama.ts'
 import { openaiRoutes } from './routes-openai.ts'
-import type { Route } from './router.ts'
 
 export function routesFor(c: NativeRouteComponents): Route[] {
   return [...ollamaRoutes(c), ...openaiRoutes(c), ...nativeRoutes(c)]

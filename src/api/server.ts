@@ -30,7 +30,10 @@ function authorized(req: IncomingMessage, token: string): boolean {
   return given.length === expected.length && timingSafeEqual(given, expected)
 }
 
-export function createApiServer(components: { logger: Logger; routes: Route[] }, init: ApiServerInit): ApiServer {
+export function createApiServer(
+  components: { logger: Logger; routes: Route[] },
+  init: ApiServerInit,
+): ApiServer {
   const log = components.logger.child('api')
   const { routes } = components
   let server: Server | undefined
@@ -51,7 +54,10 @@ export function createApiServer(components: { logger: Logger; routes: Route[] },
       }
       const route = matchRoute(routes, req.method ?? 'GET', url.pathname)
       if (route === 'method') {
-        sendJson(res, 405, { error: `${req.method} is not allowed on ${url.pathname}`, code: 'E_BAD_REQUEST' })
+        sendJson(res, 405, {
+          error: `${req.method} is not allowed on ${url.pathname}`,
+          code: 'E_BAD_REQUEST',
+        })
         return
       }
       if (!route) throw new SubstrateError('E_NOT_FOUND', `no route ${req.method} ${url.pathname}`)
@@ -63,7 +69,10 @@ export function createApiServer(components: { logger: Logger; routes: Route[] },
         return
       }
       if (!(err instanceof SubstrateError) || err.status >= 500) {
-        log.error('request failed', { path: url.pathname, error: err instanceof Error ? err.message : String(err) })
+        log.error('request failed', {
+          path: url.pathname,
+          error: err instanceof Error ? err.message : String(err),
+        })
       }
       sendError(res, err, style)
     }

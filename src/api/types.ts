@@ -100,7 +100,12 @@ export const openaiChatRequestSchema = z.object({
   ...openaiSamplingSchema,
   max_completion_tokens: z.number().int().nullish(),
   messages: z
-    .array(z.object({ role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']), content: openaiContentSchema }))
+    .array(
+      z.object({
+        role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']),
+        content: openaiContentSchema,
+      }),
+    )
     .min(1),
 })
 export type OpenAIChatRequest = z.infer<typeof openaiChatRequestSchema>

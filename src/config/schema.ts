@@ -98,7 +98,10 @@ export const leafSchemas = {
       .refine((h) => isIPv4(h) || isIPv6(h) || hostnamePattern.test(h)),
     expect: 'a host name or IP address without a port (like "127.0.0.1" or "::1")',
   },
-  'api.port': { schema: z.number().int().min(0).max(65535), expect: 'an integer between 0 (any free port) and 65535' },
+  'api.port': {
+    schema: z.number().int().min(0).max(65535),
+    expect: 'an integer between 0 (any free port) and 65535',
+  },
   'api.token': { schema: z.string().regex(/^\S+$/), expect: 'a non-empty string without spaces' },
   'runtime.threads': {
     schema: z.number().int().min(0),

@@ -100,7 +100,10 @@ function llamaMetadata(s: LlamaShape): Array<[string, GgufValue]> {
   ]
 }
 
-type Filler = (name: string, shape: readonly [number, number] | readonly [number]) => (out: Float32Array) => void
+type Filler = (
+  name: string,
+  shape: readonly [number, number] | readonly [number],
+) => (out: Float32Array) => void
 
 function llamaTensors(s: LlamaShape, fill: Filler): GgufTensorSpec[] {
   const V = s.vocab.tokens.length
@@ -112,7 +115,10 @@ function llamaTensors(s: LlamaShape, fill: Filler): GgufTensorSpec[] {
     type,
     fill: fill(name, shape),
   })
-  const tensors: GgufTensorSpec[] = [t('token_embd.weight', [d, V]), { name: 'output_norm.weight', shape: [d], type: 'F32', fill: ones }]
+  const tensors: GgufTensorSpec[] = [
+    t('token_embd.weight', [d, V]),
+    { name: 'output_norm.weight', shape: [d], type: 'F32', fill: ones },
+  ]
   tensors.push(t('output.weight', [d, V]))
   for (let i = 0; i < s.layers; i++) {
     const p = `blk.${i}.`
@@ -131,8 +137,17 @@ function llamaTensors(s: LlamaShape, fill: Filler): GgufTensorSpec[] {
   return tensors
 }
 
-/** substrate-tiny: the bigram machine described at the top of this file. */
-export async function writeTinyModel(path: string): Promise<void> {
+export interface TinyModelOptions {
+  /** the trained context the file claims (llama.context_length); 4096 by default */
+  contextLength?: number
+}
+
+/**
+ * substrate-tiny: the bigram machine described at the top of this file. Tests write variants
+ * that claim another context length (to exercise memory checks); the default file, and so the
+ * built-in model's digest, stays the same.
+ */
+export async function writeTinyModel(path: string, opts: TinyModelOptions = {}): Promise<void> {
   const answerWords = TINY_ANSWER.split(' ').map((w) => `\u2581${w}`)
   const loopWords = ['\u2581tick', '\u2581tock']
   const vocab = baseVocab([...answerWords, ...loopWords])
@@ -171,7 +186,7 @@ export async function writeTinyModel(path: string): Promise<void> {
     layers: 2,
     heads: 4,
     ff: 128,
-    context: 4096,
+    context: opts.contextLength ?? 4096,
     weightType: 'F32',
   }
   await writeGguf(path, llamaMetadata(shape), llamaTensors(shape, fill))
@@ -185,7 +200,8 @@ function syllableWords(count: number, random: () => number): string[] {
     let w = ''
     const syllables = 1 + Math.floor(random() * 3)
     for (let i = 0; i < syllables; i++) {
-      w += consonants[Math.floor(random() * consonants.length)]! + vowels[Math.floor(random() * vowels.length)]!
+      w +=
+        consonants[Math.floor(random() * consonants.length)]! + vowels[Math.floor(random() * vowels.length)]!
     }
     words.add(`\u2581${w}`)
   }

@@ -2,19 +2,19 @@
 // generation events to the request that asked, and turns a crash into a typed error for
 // every request in flight.
 
-import { randomUUID } from 'node:crypto'
 import type { ChildProcessWithoutNullStreams } from 'node:child_process'
-import { SubstrateError, isErrorCode } from '../errors.ts'
+import { randomUUID } from 'node:crypto'
+import { isErrorCode, SubstrateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { type Channel, createChannel } from './channel.ts'
 import {
   type ChatMessage,
+  createLineSplitter,
   type FromRunner,
   fromRunnerSchema,
   type GenerationStats,
   type SamplingOptions,
   type ToRunner,
-  createLineSplitter,
 } from './protocol.ts'
 import type { SpawnRunner } from './spawn.ts'
 
@@ -57,7 +57,10 @@ function typedError(code: string, message: string): SubstrateError {
 }
 
 export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> {
-  const child: ChildProcessWithoutNullStreams = init.spawn({ modelPath: init.modelPath, threads: init.threads })
+  const child: ChildProcessWithoutNullStreams = init.spawn({
+    modelPath: init.modelPath,
+    threads: init.threads,
+  })
   const log = init.logger.child(`runner:${child.pid ?? '?'}`)
   const requests = new Map<string, Channel<RunnerEvent>>()
   let stderrTail = ''
@@ -118,11 +121,18 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
       )
       for (const ch of requests.values()) ch.fail(err)
       requests.clear()
-      onLoadError?.(new SubstrateError('E_RUNNER_START', `the model runner failed to load the model (${why})${detail ? `: ${detail}` : ''}`))
+      onLoadError?.(
+        new SubstrateError(
+          'E_RUNNER_START',
+          `the model runner failed to load the model (${why})${detail ? `: ${detail}` : ''}`,
+        ),
+      )
       resolve()
     })
   })
-  child.on('error', (err) => onLoadError?.(new SubstrateError('E_RUNNER_START', `cannot start the runner: ${err.message}`)))
+  child.on('error', (err) =>
+    onLoadError?.(new SubstrateError('E_RUNNER_START', `cannot start the runner: ${err.message}`)),
+  )
 
   write({
     type: 'load',
@@ -134,7 +144,12 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
   const ready = await new Promise<Extract<FromRunner, { type: 'ready' }>>((resolve, reject) => {
     const timer = setTimeout(() => {
       child.kill('SIGKILL')
-      reject(new SubstrateError('E_RUNNER_START', `the model did not load within ${init.loadTimeoutMs ?? 120_000} ms`))
+      reject(
+        new SubstrateError(
+          'E_RUNNER_START',
+          `the model did not load within ${init.loadTimeoutMs ?? 120_000} ms`,
+        ),
+      )
     }, init.loadTimeoutMs ?? 120_000)
     onReady = (msg) => {
       clearTimeout(timer)
@@ -152,7 +167,9 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
     build: ready.buildType,
     threads: ready.threads,
     ...(Object.keys(ready.measuredTokensPerSecond).length > 0 && {
-      measured: Object.fromEntries(Object.entries(ready.measuredTokensPerSecond).map(([k, v]) => [k, Math.round(v)])),
+      measured: Object.fromEntries(
+        Object.entries(ready.measuredTokensPerSecond).map(([k, v]) => [k, Math.round(v)]),
+      ),
     }),
   })
 

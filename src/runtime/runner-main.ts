@@ -130,7 +130,10 @@ async function generate(req: GenerateMessage) {
       const chat = new lib.LlamaChat({ contextSequence: seq, chatWrapper, autoDisposeSequence: false })
       try {
         assertFits(model.tokenize(history.map((h) => ('text' in h ? h.text : '')).join('\n')).length)
-        const res = await chat.generateResponse(history, { ...common, contextShift: { strategy: 'eraseFirstResponseAndKeepFirstSystem' } })
+        const res = await chat.generateResponse(history, {
+          ...common,
+          contextShift: { strategy: 'eraseFirstResponseAndKeepFirstSystem' },
+        })
         stopReason = res.metadata.stopReason
       } finally {
         chat.dispose({ disposeSequence: false })
@@ -146,7 +149,8 @@ async function generate(req: GenerateMessage) {
       }
     }
     const used = seq.tokenMeter.diff(meterBefore)
-    const reason: DoneReason = stopReason === 'maxTokens' ? 'length' : stopReason === 'abort' ? 'cancel' : 'stop'
+    const reason: DoneReason =
+      stopReason === 'maxTokens' ? 'length' : stopReason === 'abort' ? 'cancel' : 'stop'
     send({
       type: 'done',
       id: req.id,
@@ -171,7 +175,9 @@ async function generate(req: GenerateMessage) {
 function assertFits(promptTokens: number) {
   if (promptTokens >= sequenceContextSize) {
     throw Object.assign(
-      new Error(`the prompt is ${promptTokens} tokens; the context holds ${sequenceContextSize} (raise num_ctx)`),
+      new Error(
+        `the prompt is ${promptTokens} tokens; the context holds ${sequenceContextSize} (raise num_ctx)`,
+      ),
       { code: 'E_CONTEXT_OVERFLOW' },
     )
   }
@@ -188,7 +194,11 @@ lines.on('line', (line) => {
   }
   if (msg.type === 'load') {
     load(msg.modelPath, msg.contextSize, msg.parallel, msg.threads).catch((err: unknown) => {
-      send({ type: 'error', code: 'E_INVALID_MODEL_FILE', message: err instanceof Error ? err.message : String(err) })
+      send({
+        type: 'error',
+        code: 'E_INVALID_MODEL_FILE',
+        message: err instanceof Error ? err.message : String(err),
+      })
       process.exit(3)
     })
   } else if (msg.type === 'generate') {

@@ -71,6 +71,17 @@ export interface Runtime {
   stop(): Promise<void>
 }
 
+/**
+ * The per-sequence context a runner will really use: it clamps to the model's trained context
+ * (runner-main.ts), so memory checks and slot keys must clamp the same way — otherwise an
+ * oversized num_ctx is refused for memory the runner would never allocate. A model whose file
+ * states no context length (0) is left to the runner.
+ */
+export function effectiveContextSize(requested: number, model: ModelRecord): number {
+  const trained = model.details.contextLength
+  return trained > 0 ? Math.min(requested, trained) : requested
+}
+
 export function createRuntime(components: { logger: Logger }, init: RuntimeInit): Runtime {
   const log = components.logger.child('runtime')
   const spawn = init.spawn ?? spawnUnsandboxedRunner
@@ -111,7 +122,11 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
     }
   }
 
-  const acquire = async (model: ModelRecord, contextSize: number, keepAliveMs: number): Promise<{ slot: Slot; loadMs: number }> => {
+  const acquire = async (
+    model: ModelRecord,
+    contextSize: number,
+    keepAliveMs: number,
+  ): Promise<{ slot: Slot; loadMs: number }> => {
     const key = `${model.digest}/${contextSize}`
     let slot = slots.get(key)
     let loadMs = 0
@@ -129,7 +144,14 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
         parallel: init.parallel,
         threads: init.threads,
       })
-      const fresh: Slot = { key, model, runner, keepAliveMs, expiresAt: Number.POSITIVE_INFINITY, lastUsed: Date.now() }
+      const fresh: Slot = {
+        key,
+        model,
+        runner,
+        keepAliveMs,
+        expiresAt: Number.POSITIVE_INFINITY,
+        lastUsed: Date.now(),
+      }
       slots.set(key, fresh)
       slot = fresh
       runner.then(
@@ -160,7 +182,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
   return {
     async *generate(req) {
       const started = performance.now()
-      const contextSize = req.contextSize ?? Math.min(init.contextSize, req.model.details.contextLength)
+      const contextSize = effectiveContextSize(req.contextSize ?? init.contextSize, req.model)
       const { slot, loadMs } = await acquire(req.model, contextSize, req.keepAliveMs ?? init.keepAliveMs)
       const runner = await slot.runner
       try {
@@ -178,7 +200,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
       }
     },
     async load(model, keepAliveMs) {
-      const contextSize = Math.min(init.contextSize, model.details.contextLength)
+      const contextSize = effectiveContextSize(init.contextSize, model)
       const { slot, loadMs } = await acquire(model, contextSize, keepAliveMs ?? init.keepAliveMs)
       if (slot.keepAliveMs === 0) await dropSlot(slot)
       else armKeepAlive(slot)

@@ -27,7 +27,7 @@ export function runnerEnvironment(): NodeJS.ProcessEnv {
   return env
 }
 
-export const spawnUnsandboxedRunner: SpawnRunner = (spec) =>
+export const spawnUnsandboxedRunner: SpawnRunner = () =>
   spawn(process.execPath, [runnerEntry], {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: runnerEnvironment(),

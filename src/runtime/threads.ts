@@ -36,7 +36,11 @@ async function decodeRate(model: LlamaModel, threads: number): Promise<number> {
 }
 
 /** `configured` > 0 is the user's explicit choice; 0 means measure. */
-export async function chooseThreads(model: LlamaModel, configured: number, fileSize: number): Promise<ThreadChoice> {
+export async function chooseThreads(
+  model: LlamaModel,
+  configured: number,
+  fileSize: number,
+): Promise<ThreadChoice> {
   const cores = Math.max(1, availableParallelism())
   if (configured > 0) return { threads: configured, measured: {} }
   if (cores === 1 || fileSize >= CALIBRATE_BELOW_BYTES) return { threads: cores, measured: {} }

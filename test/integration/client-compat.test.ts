@@ -21,7 +21,7 @@ describe('official clients', () => {
     let final: { done_reason?: string; eval_count?: number; total_duration?: number } = {}
     for await (const part of await ollama.generate({ model: 'substrate-tiny', prompt: 'hi', stream: true })) {
       if (part.done) final = part
-      else parts.push(part.response ?? "")
+      else parts.push(part.response ?? '')
     }
     assert.ok(parts.length > 5, `expected many chunks, got ${parts.length}`)
     assert.equal(parts.join('').trim(), TINY_ANSWER)
@@ -89,14 +89,24 @@ describe('official clients', () => {
     assert.equal(chat.usage?.completion_tokens, 3)
     assert.equal(chat.choices[0]?.message.content?.trim(), 'Hello from the')
 
-    const completion = await openai.completions.create({ model: 'substrate-tiny', prompt: 'count ~', max_tokens: 4, seed: 7 })
+    const completion = await openai.completions.create({
+      model: 'substrate-tiny',
+      prompt: 'count ~',
+      max_tokens: 4,
+      seed: 7,
+    })
     assert.equal(completion.choices[0]?.text.trim(), 'tick tock tick tock')
     assert.equal(completion.choices[0]?.finish_reason, 'length')
   })
 
   test('openai client streams a text completion', async () => {
     const openai = new OpenAI({ baseURL: `${t.url}/v1`, apiKey: 'unused' })
-    const stream = await openai.completions.create({ model: 'substrate-tiny', prompt: '~', max_tokens: 6, stream: true })
+    const stream = await openai.completions.create({
+      model: 'substrate-tiny',
+      prompt: '~',
+      max_tokens: 6,
+      stream: true,
+    })
     let text = ''
     for await (const chunk of stream) text += chunk.choices[0]?.text ?? ''
     assert.equal(text.trim(), 'tick tock tick tock tick tock')

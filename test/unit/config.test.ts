@@ -48,7 +48,7 @@ describe('loadConfig', () => {
     assert.equal(config.runtime.parallel, 4)
     assert.equal(config.runtime.contextSize, 4096)
     assert.equal(config.runtime.maxLoadedModels, 2)
-    assert.equal(config.runtime.threads, 0, "0 = auto: measured per model")
+    assert.equal(config.runtime.threads, 0, '0 = auto: measured per model')
     assert.equal(config.log.level, 'info')
     assert.equal(config.sandbox.backend, 'bwrap')
   })
