@@ -1,0 +1,27 @@
+// Installs the system packages the node needs and npm cannot provide: bubblewrap (the
+// runner sandbox). Runs before the demo and the tests. As root (or with passwordless sudo)
+// on a Debian/Ubuntu machine it installs them with apt; otherwise it prints the one command
+// to run and exits non-zero only when --require is given.
+import { spawnSync } from 'node:child_process'
+
+const packages = [{ binary: 'bwrap', pkg: 'bubblewrap' }]
+const has = (bin: string) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0
+const missing = packages.filter((p) => !has(p.binary))
+if (missing.length === 0) process.exit(0)
+
+const names = missing.map((p) => p.pkg).join(' ')
+const isRoot = process.getuid?.() === 0
+const canSudo = !isRoot && has('sudo') && spawnSync('sudo', ['-n', 'true'], { stdio: 'ignore' }).status === 0
+if (has('apt-get') && (isRoot || canSudo)) {
+  console.log(`• installing ${names} with apt-get`)
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' }
+  const apt = (...args: string[]) => {
+    const argv = ['apt-get', '-o', 'DPkg::Lock::Timeout=120', ...args]
+    const [cmd, ...rest] = isRoot ? argv : ['sudo', '-n', ...argv]
+    return spawnSync(cmd!, rest, { stdio: 'inherit', env }).status === 0
+  }
+  const install = () => apt('install', '-y', '--no-install-recommends', ...missing.map((p) => p.pkg))
+  if ((install() || (apt('update') && install())) && missing.every((p) => has(p.binary))) process.exit(0)
+}
+console.error(`The runner sandbox needs: ${names}. Install it with:\n  sudo apt-get install -y ${names}`)
+process.exit(process.argv.includes('--require') ? 1 : 0)
