@@ -29,6 +29,7 @@ export const errorTable = {
   E_CANCELLED: { status: 499, exit: 130 },
   E_DOWNLOAD_FAILED: { status: 502, exit: 11 },
   E_CONFIG: { status: 500, exit: 12 },
+  E_SANDBOX_UNAVAILABLE: { status: 503, exit: 13 },
   E_INTERNAL: { status: 500, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>
 
