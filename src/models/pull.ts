@@ -134,8 +134,18 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
     info = { url }
     await rm(path, { force: true })
   }
-  for (let attempt = 0; ; attempt++) {
+  const openPartial = () =>
+    local(have === 0 ? (init.openWritable ?? openWritableFile)(path, 'w') : openAt(path, have, init))
+  // Retries count failures in a row without progress: a flaky link that still advances
+  // keeps going, a server that keeps cutting at the same byte gives up.
+  let failures = 0
+  let furthest = have
+  for (;;) {
+    let out: WritableFile | undefined
     try {
+      // The file is open before the request: nothing awaits between the response and
+      // reading its body, so bytes that arrive just before a cut are still kept.
+      out = await openPartial()
       const res = await request(url, have, info, init, opts.signal)
       if (res.statusCode === 416) {
         res.resume()
@@ -143,59 +153,59 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
         await restart()
         throw new Transient(`${url} answered 416 Range Not Satisfiable for bytes=${have}-`)
       }
-      if (res.statusCode === 200 && have > 0) {
-        init.logger.info('server ignored the range request: downloading from the start', { url })
-        await restart()
-      } else if (res.statusCode === 206 && !rangeMatches(res, have, info.total)) {
+      if (res.statusCode === 206 && !rangeMatches(res, have, info.total)) {
         res.resume()
         await restart()
         throw new Transient('server answered a range that does not continue the partial file')
       }
+      if (res.statusCode === 200 && have > 0) {
+        init.logger.info('server ignored the range request: downloading from the start', { url })
+        await out.close()
+        await restart()
+        out = await openPartial()
+      }
       const total = totalOf(res, have)
       info = { url, ...(total === undefined ? {} : { total }), ...validatorOf(res) }
-      await local(writeFile(infoPath, JSON.stringify(info)))
-      const out = await local(
-        have === 0 ? (init.openWritable ?? openWritableFile)(path, 'w') : openAt(path, have, init),
-      )
+      const saved = local(writeFile(infoPath, JSON.stringify(info)))
+      saved.catch(() => {}) // awaited below; this only keeps an early failure from going unhandled
       report(have, total, true)
-      try {
-        for await (const chunk of res as AsyncIterable<Buffer>) {
-          await local(out.write(chunk, have))
-          hash.update(chunk)
-          have += chunk.length
-          report(have, total)
-        }
-      } finally {
-        await out.sync().catch(() => {})
-        await out.close().catch(() => {})
+      for await (const chunk of res as AsyncIterable<Buffer>) {
+        await local(out.write(chunk, have))
+        hash.update(chunk)
+        have += chunk.length
+        report(have, total)
       }
-      if (total !== undefined && have !== total)
+      await saved
+      if (total !== undefined && have !== total) {
         throw new Transient(`the connection closed after ${have} of ${total} bytes`)
+      }
       break
     } catch (err) {
-      if (opts.signal?.aborted)
-        throw new SubstrateError('E_CANCELLED', `download of ${url} cancelled`, { cause: err })
-      if (err instanceof SubstrateError) {
-        if (err.code === 'E_DISK_FULL')
+      if (have > furthest) {
+        furthest = have
+        failures = 0
+      }
+      const failure = classify(err, url, have, ++failures > retries, opts.signal)
+      if (failure !== undefined) {
+        // A partial is worth keeping when it holds bytes and the network (or the user) cut it;
+        // after a full disk or a refusal from the server it is only in the way.
+        if (have === 0 || err instanceof SubstrateError) {
           await Promise.all([rm(path, { force: true }), rm(infoPath, { force: true })])
-        throw err
+        }
+        throw failure
       }
       const why = err instanceof Error ? err.message : String(err)
-      if (attempt >= retries) {
-        throw new SubstrateError(
-          'E_DOWNLOAD_FAILED',
-          `download of ${url} failed after ${attempt + 1} attempts (${have} bytes kept): ${why}`,
-          { hint: 'run the same pull again to resume where it stopped', cause: err },
-        )
-      }
-      const delay = (init.backoffMs ?? 500) * 2 ** attempt
+      const delay = (init.backoffMs ?? 500) * 2 ** (failures - 1)
       init.logger.warn('download interrupted, retrying', {
         url,
-        attempt: attempt + 1,
+        attempt: failures,
         delayMs: delay,
         error: why,
       })
       await sleep(delay, undefined, { signal: opts.signal }).catch(() => {})
+    } finally {
+      await out?.sync().catch(() => {})
+      await out?.close().catch(() => {})
     }
   }
   const sha256 = hash.digest('hex')
@@ -207,6 +217,32 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
     )
   }
   return { path, infoPath, sha256, size: have }
+}
+
+/** The error to give up with, or undefined when the failure is worth another attempt. */
+function classify(
+  err: unknown,
+  url: string,
+  have: number,
+  lastAttempt: boolean,
+  signal: AbortSignal | undefined,
+): SubstrateError | undefined {
+  if (signal?.aborted)
+    return new SubstrateError('E_CANCELLED', `download of ${url} cancelled`, { cause: err })
+  if (err instanceof SubstrateError) return err
+  if (!lastAttempt) return undefined
+  const why = err instanceof Error ? err.message : String(err)
+  if (have === 0) {
+    return new SubstrateError('E_DOWNLOAD_FAILED', `download of ${url} failed: ${why}`, {
+      hint: 'check the URL and the network, then try again',
+      cause: err,
+    })
+  }
+  return new SubstrateError(
+    'E_DOWNLOAD_FAILED',
+    `download of ${url} stopped at byte ${have}: ${why}; the partial download is kept and can be resumed`,
+    { hint: 'run the same pull again to resume where it stopped', cause: err },
+  )
 }
 
 /** Local file errors are not worth a retry: they become typed (ENOSPC → E_DISK_FULL) at once. */

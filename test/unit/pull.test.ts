@@ -1,0 +1,279 @@
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, test } from 'node:test'
+import { SubstrateError } from '../../src/errors.ts'
+import { silentLogger } from '../../src/logger.ts'
+import { writeTinyModel } from '../../src/models/builtin.ts'
+import { createModelStore } from '../../src/models/store.ts'
+import type { ProgressEvent } from '../../src/models/types.ts'
+import { openDatabase } from '../../src/store/database.ts'
+
+const root = mkdtempSync(join(tmpdir(), 'substrate-pull-'))
+let tiny: Buffer
+let tinySha: string
+before(async () => {
+  await writeTinyModel(join(root, 'tiny.gguf'))
+  tiny = readFileSync(join(root, 'tiny.gguf'))
+  tinySha = createHash('sha256').update(tiny).digest('hex')
+})
+after(() => rmSync(root, { recursive: true, force: true }))
+
+interface Seen {
+  path: string
+  range: string | undefined
+  ifRange: string | undefined
+}
+type Handler = (req: IncomingMessage, res: ServerResponse, nth: number) => void
+
+async function serve(handler: Handler) {
+  const seen: Seen[] = []
+  const server = http.createServer((req, res) => {
+    const ifRange = req.headers['if-range']
+    seen.push({
+      path: req.url ?? '',
+      range: req.headers.range,
+      ifRange: typeof ifRange === 'string' ? ifRange : undefined,
+    })
+    handler(req, res, seen.length)
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  return {
+    seen,
+    url: (path: string) => `http://127.0.0.1:${port}${path}`,
+    close: () => {
+      server.closeAllConnections()
+      server.close()
+    },
+  }
+}
+
+/** Answers like a range-capable file server; `cutAt` drops the connection at that byte of the file. */
+function sendFile(
+  req: IncomingMessage,
+  res: ServerResponse,
+  body: Buffer,
+  opts: { cutAt?: number; ignoreRange?: boolean } = {},
+) {
+  const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '')
+  const start = m && !opts.ignoreRange ? Number(m[1]) : 0
+  const headers = { etag: '"v1"', 'accept-ranges': 'bytes', 'content-length': String(body.length - start) }
+  if (start > 0)
+    res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` })
+  else res.writeHead(200, headers)
+  if (opts.cutAt === undefined || opts.cutAt >= body.length) {
+    res.end(body.subarray(start))
+    return
+  }
+  res.write(body.subarray(start, Math.max(start, opts.cutAt)), () => res.destroy())
+}
+
+let homes = 0
+async function openStore() {
+  const home = join(root, `home-${++homes}`)
+  const db = openDatabase(join(home, 'substrate.db'))
+  const store = createModelStore(
+    { db, logger: silentLogger },
+    { dir: join(home, 'models'), pull: { retries: 3, backoffMs: 5, idleTimeoutMs: 2000 } },
+  )
+  await store.start()
+  const tmp = () => readdirSync(join(home, 'models', 'tmp')).sort()
+  return { store, tmp, close: () => store.stop().then(() => db.close()) }
+}
+
+function recorder() {
+  const events: ProgressEvent[] = []
+  return {
+    events,
+    onProgress: (e: ProgressEvent) => events.push(e),
+    assertMonotonic() {
+      const completed = events.filter((e) => e.status === 'downloading').map((e) => e.completed ?? -1)
+      assert.ok(completed.length > 0, 'some download progress was reported')
+      assert.deepEqual(
+        completed,
+        [...completed].sort((a, b) => a - b),
+      )
+      assert.equal(completed.at(-1), tiny.length)
+      assert.equal(events.at(-1)?.status, 'success')
+    },
+  }
+}
+
+const code = (expected: string, message?: RegExp) => (err: unknown) => {
+  assert.ok(err instanceof SubstrateError, `expected a SubstrateError, got ${String(err)}`)
+  assert.equal(err.code, expected, err.message)
+  if (message) assert.match(err.message, message)
+  return true
+}
+
+test('a pull downloads, verifies and imports the model under the URL file name', async () => {
+  const server = await serve((req, res) => sendFile(req, res, tiny))
+  const { store, tmp, close } = await openStore()
+  const progress = recorder()
+  const record = await store.pull(server.url('/files/Tiny-Model.gguf'), {
+    sha256: `sha256:${tinySha}`,
+    ...progress,
+  })
+  assert.equal(record.name, 'tiny-model:latest')
+  assert.equal(record.digest, `sha256:${tinySha}`)
+  assert.equal(record.details.contextLength, 4096)
+  progress.assertMonotonic()
+  assert.deepEqual(tmp(), [])
+  server.close()
+  await close()
+})
+
+test('a connection cut mid-body is resumed with a Range request for the rest', async () => {
+  const server = await serve((req, res, nth) => sendFile(req, res, tiny, nth === 1 ? { cutAt: 100_000 } : {}))
+  const { store, tmp, close } = await openStore()
+  const progress = recorder()
+  const record = await store.pull(server.url('/tiny.gguf'), { ...progress })
+  assert.equal(record.digest, `sha256:${tinySha}`)
+  assert.equal(server.seen.length, 2)
+  assert.equal(server.seen[0]?.range, undefined)
+  const start = Number(/^bytes=(\d+)-$/.exec(server.seen[1]?.range ?? '')?.[1])
+  assert.ok(start > 0 && start <= 100_000, `resumed at ${server.seen[1]?.range}`)
+  assert.equal(server.seen[1]?.ifRange, '"v1"')
+  progress.assertMonotonic()
+  assert.deepEqual(tmp(), [])
+  server.close()
+  await close()
+})
+
+test('a server that ignores Range makes the download restart cleanly from the start', async () => {
+  const server = await serve((req, res, nth) =>
+    sendFile(req, res, tiny, { ignoreRange: true, ...(nth === 1 ? { cutAt: 200_000 } : {}) }),
+  )
+  const { store, close } = await openStore()
+  const progress = recorder()
+  const record = await store.pull(server.url('/tiny.gguf'), { ...progress })
+  assert.equal(record.digest, `sha256:${tinySha}`)
+  assert.ok(server.seen[1]?.range !== undefined)
+  progress.assertMonotonic()
+  server.close()
+  await close()
+})
+
+test('a server whose body is shorter than its Content-Length fails with E_DOWNLOAD_FAILED', async () => {
+  // The file really is 50 000 bytes; the server claims the tiny model's length.
+  const short = tiny.subarray(0, 50_000)
+  const liar = await serve((req, res) => {
+    if (req.headers.range !== undefined) {
+      res.writeHead(416, { 'content-range': `bytes */${short.length}` }).end()
+      return
+    }
+    res.writeHead(200, { 'content-length': String(tiny.length) })
+    res.write(short, () => res.destroy())
+  })
+  const { store, close } = await openStore()
+  const url = liar.url('/tiny.gguf')
+  await assert.rejects(store.pull(url, {}), code('E_DOWNLOAD_FAILED', new RegExp(url)))
+  assert.equal(liar.seen.length, 4, 'the first attempt and three retries, then it gives up')
+  assert.deepEqual(store.list(), [])
+  liar.close()
+  await close()
+})
+
+test('an interrupted pull resumes in a later call', async () => {
+  let honest = false
+  const server = await serve((req, res) => sendFile(req, res, tiny, honest ? {} : { cutAt: 50_000 }))
+  const { store, tmp, close } = await openStore()
+  const url = server.url('/tiny.gguf')
+  await assert.rejects(
+    store.pull(url, {}),
+    code('E_DOWNLOAD_FAILED', /stopped at byte 50000.*can be resumed/),
+  )
+  assert.equal(tmp().length, 2, 'the partial and its info file stay for the next pull')
+  honest = true
+  const before = server.seen.length
+  const record = await store.pull(url, {})
+  assert.equal(record.digest, `sha256:${tinySha}`)
+  assert.equal(server.seen[before]?.range, 'bytes=50000-')
+  assert.deepEqual(tmp(), [])
+  server.close()
+  await close()
+})
+
+test('a sha256 mismatch is E_CHECKSUM_MISMATCH and nothing is imported or kept', async () => {
+  const server = await serve((req, res) => sendFile(req, res, tiny))
+  const { store, tmp, close } = await openStore()
+  const wrong = 'ab'.repeat(32)
+  await assert.rejects(
+    store.pull(server.url('/tiny.gguf'), { sha256: wrong }),
+    code('E_CHECKSUM_MISMATCH', /expected abab/),
+  )
+  assert.deepEqual(store.list(), [])
+  assert.deepEqual(tmp(), [])
+  await assert.rejects(store.pull(server.url('/tiny.gguf'), { sha256: 'xyz' }), code('E_INVALID_ARGUMENT'))
+  server.close()
+  await close()
+})
+
+test('a 404 is a clear error naming the URL, without retries', async () => {
+  const server = await serve((_req, res) => res.writeHead(404).end('no'))
+  const { store, tmp, close } = await openStore()
+  const url = server.url('/missing.gguf')
+  await assert.rejects(store.pull(url, {}), code('E_DOWNLOAD_FAILED', new RegExp(`${url}.*404`)))
+  assert.equal(server.seen.length, 1)
+  assert.deepEqual(tmp(), [])
+  server.close()
+  await close()
+})
+
+test('redirects are followed, up to a limit', async () => {
+  const server = await serve((req, res) => {
+    if (req.url === '/latest') res.writeHead(302, { location: '/v1/tiny.gguf' }).end()
+    else if (req.url === '/loop') res.writeHead(301, { location: '/loop' }).end()
+    else sendFile(req, res, tiny)
+  })
+  const { store, close } = await openStore()
+  assert.equal((await store.pull(server.url('/latest'), { name: 'tiny' })).digest, `sha256:${tinySha}`)
+  await assert.rejects(
+    store.pull(server.url('/loop'), { name: 'x' }),
+    code('E_DOWNLOAD_FAILED', /redirected/),
+  )
+  server.close()
+  await close()
+})
+
+test('transient server errors are retried; a downloaded non-GGUF file is refused and removed', async () => {
+  const junk = Buffer.from('<html>not a model</html>')
+  const server = await serve((req, res, nth) => {
+    if (nth === 1) res.writeHead(503).end()
+    else sendFile(req, res, req.url === '/junk.gguf' ? junk : tiny)
+  })
+  const { store, tmp, close } = await openStore()
+  assert.equal((await store.pull(server.url('/tiny.gguf'), {})).digest, `sha256:${tinySha}`)
+  await assert.rejects(store.pull(server.url('/junk.gguf'), {}), code('E_INVALID_MODEL_FILE', /junk/))
+  assert.deepEqual(
+    store.list().map((m) => m.name),
+    ['tiny:latest'],
+  )
+  assert.deepEqual(tmp(), [])
+  server.close()
+  await close()
+})
+
+test('a pull of content already stored makes no request; a cancelled pull is E_CANCELLED', async () => {
+  const server = await serve((req, res) => sendFile(req, res, tiny))
+  const { store, close } = await openStore()
+  await store.importFile(join(root, 'tiny.gguf'), { name: 'local' })
+  const record = await store.pull(server.url('/tiny.gguf'), { name: 'alias', sha256: tinySha })
+  assert.equal(record.digest, `sha256:${tinySha}`)
+  assert.equal(server.seen.length, 0)
+  const controller = new AbortController()
+  controller.abort()
+  await assert.rejects(
+    store.pull(server.url('/other.gguf'), { signal: controller.signal }),
+    code('E_CANCELLED'),
+  )
+  server.close()
+  await close()
+})
