@@ -3,23 +3,15 @@
 
 import { SubstrateError } from '../errors.ts'
 import type { ModelStore } from '../models/types.ts'
-import type { ChatMessage, SamplingOptions } from '../runtime/protocol.ts'
-import type { Runtime, RuntimeEvent } from '../runtime/runtime.ts'
+import type { SamplingOptions } from '../runtime/protocol.ts'
+import type { GenerateRequest, Runtime, RuntimeEvent } from '../runtime/runtime.ts'
 import type { OllamaOptions } from './types.ts'
 
 /** Above this a token limit is a mistake, not a wish: no context is that long. */
 export const MAX_PREDICT = 1_048_576
 
-export interface InferenceRequest {
-  model: string
-  mode: 'completion' | 'chat'
-  prompt?: string
-  messages?: ChatMessage[]
-  options: SamplingOptions
-  contextSize?: number
-  keepAliveMs?: number
-  signal?: AbortSignal
-}
+/** A runtime request that names its model instead of holding the resolved record. */
+export type InferenceRequest = Omit<GenerateRequest, 'model'> & { model: string }
 
 export interface InferenceComponents {
   models: ModelStore
@@ -73,14 +65,5 @@ export async function* infer(
     }
     return
   }
-  yield* components.runtime.generate({
-    model,
-    mode: req.mode,
-    prompt: req.prompt,
-    messages: req.messages,
-    options: req.options,
-    contextSize: req.contextSize,
-    keepAliveMs: req.keepAliveMs,
-    signal: req.signal,
-  })
+  yield* components.runtime.generate({ ...req, model })
 }
