@@ -145,23 +145,13 @@ export function createSandbox(init: BwrapInit): Sandbox {
   const system = systemArgs()
   const runtime = runtimeBinds()
 
-  function spawnSandboxed(spec: SandboxSpawnSpec): SandboxedProcess {
-    const name = `runner-${process.pid}-${++sequence}-${randomBytes(3).toString('hex')}`
-    const cgroup =
-      cgroups.version === 0
-        ? undefined
-        : createRunnerCgroup(cgroups, name, {
-            memoryBytes: init.memoryBytes,
-            pids: init.pids,
-            cpus: spec.cpus ?? 0,
-          })
-
+  function commandChain(spec: SandboxSpawnSpec, cgroup: RunnerCgroup | undefined): string[] {
     const binds = [...runtime, ...(spec.readOnlyBinds ?? [])].flatMap((p) => ['--ro-bind', p, p])
     const model =
       spec.modelPath === undefined
         ? []
         : ['--dir', '/model', '--symlink', `/proc/self/fd/${MODEL_FD}`, SANDBOX_MODEL_PATH]
-    const bwrapArgs = [
+    const sandboxArgs = [
       ...['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session'],
       ...['--cap-drop', 'ALL', '--clearenv', '--hostname', 'substrate-runner'],
       ...['--setenv', 'PATH', '/usr/bin:/bin', '--setenv', 'HOME', '/tmp', '--setenv', 'TMPDIR', '/tmp'],
@@ -180,15 +170,23 @@ export function createSandbox(init: BwrapInit): Sandbox {
     // and only for the dedicated account (for the daemon's own uid it would count the daemon)
     const nproc = user === undefined ? [] : [`--nproc=${cgroup === undefined ? init.pids : init.pids * 16}`]
     const nofile = init.nofile ?? 1024
-    const chain = [
+    return [
       ...[prlimit, `--nofile=${nofile}`, '--core=0', ...nproc, '--'],
-      ...[setpriv, ...privs, '--pdeathsig', 'KILL', '--', bwrap, ...bwrapArgs],
+      ...[setpriv, ...privs, '--pdeathsig', 'KILL', '--', bwrap, ...sandboxArgs],
     ]
+  }
+
+  function spawnSandboxed(spec: SandboxSpawnSpec): SandboxedProcess {
     // the model is opened here, by the daemon, and reached inside through the inherited fd:
     // the runner account needs no path to the daemon's (private) model store
     const modelFd = spec.modelPath === undefined ? 'ignore' : openSync(spec.modelPath, 'r')
+    let cgroup: RunnerCgroup | undefined
     let child: ChildProcessWithoutNullStreams
     try {
+      const name = `runner-${process.pid}-${++sequence}-${randomBytes(3).toString('hex')}`
+      const limits = { memoryBytes: init.memoryBytes, pids: init.pids, cpus: spec.cpus ?? 0 }
+      cgroup = cgroups.version === 0 ? undefined : createRunnerCgroup(cgroups, name, limits)
+      const chain = commandChain(spec, cgroup)
       const [command, ...args] =
         cgroup === undefined
           ? chain
@@ -197,6 +195,9 @@ export function createSandbox(init: BwrapInit): Sandbox {
         stdio: ['pipe', 'pipe', 'pipe', 'pipe', modelFd],
         env: { PATH: '/usr/bin:/bin' },
       }) as ChildProcessWithoutNullStreams
+    } catch (err) {
+      void cgroup?.remove()
+      throw err
     } finally {
       if (typeof modelFd === 'number') closeSync(modelFd)
     }
@@ -205,18 +206,21 @@ export function createSandbox(init: BwrapInit): Sandbox {
       filterPipe.on('error', () => {}) // bwrap gone before reading: the exit says why
       filterPipe.end(seccomp)
     }
+    const group = cgroup
     const exited = new Promise<SandboxExit>((resolve) => {
-      child.once('exit', (code, signal) => {
-        const oomKilled = (cgroup?.oomKills() ?? 0) > 0
+      const finish = (code: number | null, signal: NodeJS.Signals | null) => {
+        const oomKilled = (group?.oomKills() ?? 0) > 0
         const done = () => resolve({ code, signal, oomKilled })
-        if (cgroup === undefined) done()
-        else cgroup.remove().then(done, done)
+        if (group === undefined) done()
+        else group.remove().then(done, done)
+      }
+      child.once('exit', finish)
+      // a spawn that fails outright (EAGAIN, ENOMEM) emits 'error' and no 'exit'
+      child.once('error', () => {
+        if (child.pid === undefined) finish(null, null)
       })
     })
-    // a spawn that fails outright (ENOENT, EAGAIN) emits 'error' without 'exit'
-    child.once('error', () => {
-      void cgroup?.remove()
-    })
+    exits.set(child, exited)
     return { child, cgroup, exited }
   }
 
@@ -225,6 +229,13 @@ export function createSandbox(init: BwrapInit): Sandbox {
 
 // Writes its own pid into each cgroup.procs given before `--`, then execs the rest.
 const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+
+const exits = new WeakMap<ChildProcessWithoutNullStreams, Promise<SandboxExit>>()
+
+/** How a sandboxed child ended (OOM included), for children a SpawnRunner returned. */
+export function sandboxExit(child: ChildProcessWithoutNullStreams): Promise<SandboxExit> | undefined {
+  return exits.get(child)
+}
 
 /** A SpawnRunner for the runtime: the runner, sandboxed; its `load` must name SANDBOX_MODEL_PATH. */
 export function createBwrapSpawner(init: BwrapInit): SpawnRunner {

@@ -4,6 +4,7 @@
 // There is deliberately no option to run runners as root.
 
 import { execFile } from 'node:child_process'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import { SubstrateError } from '../errors.ts'
 
@@ -49,9 +50,13 @@ export async function ensureRunnerUser(name: string = RUNNER_USER_NAME): Promise
   try {
     await run('useradd', ['--system', '--no-create-home', '--shell', '/usr/sbin/nologin', name])
   } catch (err) {
-    // another daemon may have created it between the lookup and here (useradd exits 9)
-    const again = await findRunnerUser(name)
-    if (again !== undefined) return again
+    // another daemon (or test file) may be creating it right now: useradd then fails on
+    // the existing name or on the /etc/passwd lock; give that one a moment to finish
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const again = await findRunnerUser(name)
+      if (again !== undefined) return again
+      await sleep(100)
+    }
     throw new SubstrateError('E_SANDBOX_UNAVAILABLE', `could not create the runner account ${name}`, {
       cause: err,
       hint: 'install the passwd package (useradd) or create the account by hand',

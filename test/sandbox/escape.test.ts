@@ -87,6 +87,18 @@ describe('the filesystem', () => {
     }
   })
 
+  it("cannot read another job's files", async () => {
+    const other = sandbox.spawn({ argv: [process.execPath, PROBE, 'plant'], readOnlyBinds: [PROBE] })
+    try {
+      await new Promise((resolve) => other.child.stdout.once('data', resolve))
+      const { result } = await probe(['read', '/tmp/job-secret'])
+      assert.deepEqual(result, { ok: false, code: 'ENOENT' })
+    } finally {
+      other.child.kill('SIGKILL')
+      await other.exited
+    }
+  })
+
   it('lets the sandbox write to its tmpfs only', async () => {
     assert.deepEqual((await probe(['write', '/tmp/scratch'])).result, { ok: true })
     assert.deepEqual((await probe(['write', '/escaped'])).result, { ok: false, code: 'EROFS' })
@@ -170,6 +182,20 @@ describe('resource limits', () => {
 })
 
 describe('lifetime', () => {
+  it('refuses to start a runner as root', {
+    skip: process.getuid?.() !== 0 && 'only meaningful as root',
+  }, () => {
+    assert.throws(() => createSandbox({ ...LIMITS }), { code: 'E_SANDBOX_UNAVAILABLE' })
+  })
+
+  it('leaves no cgroup behind when the model cannot be opened', () => {
+    const before = sandboxGroups()
+    assert.throws(() => sandbox.spawn({ argv: [process.execPath], modelPath: '/nonexistent.gguf' }), {
+      code: 'ENOENT',
+    })
+    assert.deepEqual(sandboxGroups(), before)
+  })
+
   it('kills the sandbox within 2 s when the process that spawned it dies', async () => {
     const script = `
       import { createSandbox } from ${JSON.stringify(join(dirname(PROBE), '../../src/sandbox/bwrap.ts'))}
@@ -200,6 +226,13 @@ describe('lifetime', () => {
     for (const f of procsFiles) rmdirSync(dirname(f)) // the dead daemon could not clean up
   })
 })
+
+/** The runner groups that exist now, in the first hierarchy the sandbox uses. */
+function sandboxGroups(): string[] {
+  const cg = sandbox.cgroups
+  const dir = cg.version === 2 ? cg.group : cg.version === 1 ? cg.memory : undefined
+  return dir === undefined ? [] : readdirSync(dir).filter((n) => n.startsWith('runner-'))
+}
 
 /** Every live descendant of pid, from /proc's parent links. */
 function descendants(root: number): number[] {

@@ -1,7 +1,7 @@
 // Runs INSIDE a sandbox (bound read-only by the escape tests) and tries one escape, printing
 // one JSON line: what happened. It must never hang: every attempt has a deadline.
 //   probe.ts read PATH | write PATH | tcp PORT | udp PORT | perl EXPR | forkbomb | membomb
-//            | filltmp | sleep
+//            | filltmp | plant | sleep
 
 import { spawn } from 'node:child_process'
 import { createSocket } from 'node:dgram'
@@ -96,6 +96,11 @@ switch (command) {
     report({ ...result, mebibytes: written })
     break
   }
+  case 'plant': // another job's secret, for a second sandbox to look for
+    writeFileSync('/tmp/job-secret', 'secret')
+    report({ ok: true, pid: process.pid })
+    setInterval(() => {}, 1000)
+    break
   case 'sleep':
     report({ ok: true, pid: process.pid })
     setInterval(() => {}, 1000)
