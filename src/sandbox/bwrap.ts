@@ -10,10 +10,13 @@
 //   → setpriv (runner uid/gid, no groups; parent-death signal so bwrap dies with the daemon)
 //   → bwrap (namespaces, binds, seccomp) → node runner
 //
-// Landlock is not applied: Node has no syscall access and the kernel API needs
-// landlock_create_ruleset/add_rule/restrict_self inside the sandbox, after bwrap's mounts.
-// TODO(sandbox): apply a Landlock ruleset (read: the binds; write: /tmp) from a tiny static
-// helper exec'd by bwrap before node, once the project ships or builds native helpers.
+// Landlock is NOT applied. Node has no syscall access, and the ruleset has to be made
+// inside the sandbox after bwrap's mounts (a Landlock-restricted process may not mount), so
+// something must run landlock_create_ruleset/add_rule/restrict_self between bwrap and node.
+// TODO(sandbox): exec a helper before node that restricts reads to the binds, writes to
+// /tmp and the model to a rule on its fd: a tiny static binary the project ships, or
+// perl's syscall() (perl-base is Essential on Debian; the doctor already uses it to read the
+// kernel's Landlock ABI). Until then doctor reports Landlock as not enforced.
 
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
@@ -108,7 +111,7 @@ export function runtimeBinds(): string[] {
   const llama = fileURLToPath(import.meta.resolve('node-llama-cpp'))
   const at = llama.lastIndexOf(`${sep}node_modules${sep}`)
   if (at < 0) throw new Error(`node-llama-cpp resolved outside node_modules: ${llama}`)
-  const binds = [codeDir, llama.slice(0, at + '/node_modules'.length)]
+  const binds = [codeDir, llama.slice(0, at + `${sep}node_modules`.length)]
   // package.json says "type": "module" for the runner's .ts/.js files
   if (existsSync(join(root, 'package.json'))) binds.push(join(root, 'package.json'))
   if (!binds.some((b) => process.execPath.startsWith(`${b}${sep}`))) binds.push(process.execPath)
