@@ -115,7 +115,7 @@ describe('loadConfig', () => {
     rejects(
       () => loadConfig({ env: {}, home: dir }),
       'E_CONFIG',
-      'config.toml: api.port must be an integer between 1 and 65535',
+      'config.toml: api.port must be an integer between 0 (any free port) and 65535',
     )
   })
 
@@ -220,7 +220,7 @@ describe('loadConfig', () => {
     rejects(
       () => loadConfig({ env }),
       'E_CONFIG',
-      'SUBSTRATE_HOST: api.port must be an integer between 1 and 65535',
+      'SUBSTRATE_HOST: api.port must be an integer between 0 (any free port) and 65535',
     )
   })
 })
