@@ -30,6 +30,12 @@ export const errorTable = {
   E_DOWNLOAD_FAILED: { status: 502, exit: 11 },
   E_CONFIG: { status: 500, exit: 12 },
   E_SANDBOX_UNAVAILABLE: { status: 503, exit: 13 },
+  E_UNKNOWN_JOB_KIND: { status: 400, exit: 14 },
+  E_WORKER_BUSY: { status: 503, exit: 14 },
+  E_PROTOCOL: { status: 502, exit: 14 },
+  E_PEER_TIMEOUT: { status: 504, exit: 14 },
+  E_PEER_GONE: { status: 502, exit: 14 },
+  E_RECEIPT_INVALID: { status: 502, exit: 14 },
   E_INTERNAL: { status: 500, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>
 

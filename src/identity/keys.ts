@@ -79,15 +79,31 @@ export function verifySignature(publicKey: Uint8Array, data: Uint8Array, signatu
   }
 }
 
+// The private key stays off the Identity object (so it never leaks through a spread, a log
+// line or JSON); only `privateKeySeed` reaches it, for libp2p, which must hold the key to
+// run its Noise handshakes under the same PeerId.
+const privateKeys = new WeakMap<Identity, KeyObject>()
+
 function identityFromPrivateKey(privateKey: KeyObject): Identity {
   const jwk = createPublicKey(privateKey).export({ format: 'jwk' })
   const publicKey = new Uint8Array(Buffer.from(jwk.x ?? '', 'base64url'))
   const id = idFromPublicKey(publicKey)
-  return {
+  const identity: Identity = {
     publicKey,
     id,
     sign: (data) => new Uint8Array(signBytes(null, data, privateKey)),
   }
+  privateKeys.set(identity, privateKey)
+  return identity
+}
+
+/** The 32-byte Ed25519 seed of an identity made here; libp2p derives the same key from it. */
+export function privateKeySeed(identity: Identity): Uint8Array {
+  const key = privateKeys.get(identity)
+  if (key === undefined) {
+    throw new SubstrateError('E_INVALID_ARGUMENT', 'this identity was not created by identity/keys')
+  }
+  return new Uint8Array(Buffer.from(key.export({ format: 'jwk' }).d ?? '', 'base64url'))
 }
 
 /** A fresh identity that lives only in memory: for tests and throwaway nodes. */

@@ -35,6 +35,15 @@ export const recordTypes = {
     maxLifetimeMs: 24 * HOUR_MS,
     defaultTtlMs: HOUR_MS,
   },
+  // The requester's signature over a worker's receipt (nested as bytes): its own domain, so
+  // a worker receipt can never pass for a countersignature or the other way round.
+  'receipt-countersign': {
+    domain: 'substrate/receipt-countersign/1',
+    maxBytes: 16 * KiB,
+    maxSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS,
+    maxLifetimeMs: 24 * HOUR_MS,
+    defaultTtlMs: HOUR_MS,
+  },
   // Gossiped every few seconds, so a stale one is worthless after a few minutes.
   capacity: {
     domain: 'substrate/capacity/1',

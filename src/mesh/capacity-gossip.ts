@@ -1,0 +1,213 @@
+// Capacity gossip (DESIGN.md, "Discovery"): every node publishes a signed capacity record on
+// `substrate/capacity/1` every few seconds and soon after anything changes, and keeps a view
+// of everyone else's last record. The topic validator is the one gate: it rate-limits each
+// origin before doing any crypto, then verifies; a rejected record is never delivered or
+// forwarded, and gossipsub's peer scoring charges whoever relayed it.
+
+import type { Message, SubscriptionChangeData } from '@libp2p/gossipsub'
+import { TopicValidatorResult } from '@libp2p/gossipsub'
+import { toSubstrateError } from '../errors.ts'
+import type { Identity } from '../identity/keys.ts'
+import type { Logger } from '../logger.ts'
+import {
+  type CapacityRecord,
+  type CapacitySnapshot,
+  signCapacityRecord,
+  verifyCapacityRecord,
+} from './capacity-record.ts'
+import { CAPACITY_TOPIC, type MeshNode } from './libp2p-node.ts'
+
+export interface CapacityEntry {
+  peer: string
+  record: CapacityRecord
+  /** Unix ms when we last accepted a record from this peer. */
+  lastSeen: number
+  /** Unix ms after which the signed record itself is no longer valid. */
+  expires: number
+}
+
+export interface CapacityGossipStats {
+  published: number
+  accepted: number
+  /** Invalid records (bad signature, wrong signer, bad shape, expired): rejected and scored. */
+  rejected: number
+  /** Records over a peer's rate: dropped without verifying and not forwarded. */
+  rateLimited: number
+}
+
+export interface CapacityGossipInit {
+  publishIntervalMs?: number
+  /** An entry not refreshed for this long leaves the view. */
+  staleAfterMs?: number
+  /** Lifetime of our own records; peers drop them after it even if we vanish silently. */
+  recordTtlMs?: number
+  /** Per-origin token bucket: sustained records per second and burst. */
+  ratePerSecond?: number
+  rateBurst?: number
+  /** Shortest gap between two of our own publishes, so change bursts do not trip peers' limits. */
+  minPublishGapMs?: number
+}
+
+export interface CapacityGossip {
+  start(): Promise<void>
+  stop(): Promise<void>
+  /** Call when the snapshot changed (model loaded, job started…): publishes soon. */
+  notifyChanged(): void
+  view(): CapacityEntry[]
+  get(peer: string): CapacityEntry | undefined
+  stats(): CapacityGossipStats
+  /** Called after the view changed (a record arrived, or an entry went stale). */
+  onChange(listener: (view: CapacityEntry[]) => void): () => void
+}
+
+export function createCapacityGossip(
+  components: { mesh: MeshNode; identity: Identity; logger: Logger; snapshot: () => CapacitySnapshot },
+  init: CapacityGossipInit = {},
+): CapacityGossip {
+  const log = components.logger.child('capacity')
+  const pubsub = components.mesh.libp2p.services.pubsub
+  const publishIntervalMs = init.publishIntervalMs ?? 5_000
+  const staleAfterMs = init.staleAfterMs ?? 4 * publishIntervalMs
+  const recordTtlMs = init.recordTtlMs ?? 60_000
+  const ratePerSecond = init.ratePerSecond ?? 2
+  const rateBurst = init.rateBurst ?? 5
+  const minPublishGapMs = init.minPublishGapMs ?? 200
+
+  const entries = new Map<string, CapacityEntry>()
+  const buckets = new Map<string, { tokens: number; at: number }>()
+  const listeners = new Set<(view: CapacityEntry[]) => void>()
+  const stats: CapacityGossipStats = { published: 0, accepted: 0, rejected: 0, rateLimited: 0 }
+  let interval: NodeJS.Timeout | undefined
+  let pending: NodeJS.Timeout | undefined
+  let lastPublish = 0
+  let running = false
+
+  const view = () => [...entries.values()].map((e) => ({ ...e }))
+  const emit = () => {
+    const snapshot = view()
+    for (const listener of listeners) listener(snapshot)
+  }
+
+  const allow = (peer: string, now: number): boolean => {
+    const bucket = buckets.get(peer) ?? { tokens: rateBurst, at: now }
+    bucket.tokens = Math.min(rateBurst, bucket.tokens + ((now - bucket.at) / 1000) * ratePerSecond)
+    bucket.at = now
+    buckets.set(peer, bucket)
+    if (bucket.tokens < 1) return false
+    bucket.tokens -= 1
+    return true
+  }
+
+  const validate = (_from: unknown, msg: Message): TopicValidatorResult => {
+    // StrictSign makes every message carry its origin; an unsigned one cannot be attributed.
+    if (msg.type !== 'signed') {
+      stats.rejected++
+      return TopicValidatorResult.Reject
+    }
+    const source = msg.from.toString()
+    const now = Date.now()
+    if (!allow(source, now)) {
+      // Ignore, not Reject: an honest relay of a burst should not lose score, but the
+      // excess is neither delivered nor forwarded.
+      stats.rateLimited++
+      return TopicValidatorResult.Ignore
+    }
+    let record: CapacityRecord
+    let expires: number
+    try {
+      const env = verifyCapacityRecord(msg.data, source, now)
+      record = env.payload
+      expires = env.expires
+    } catch (err) {
+      stats.rejected++
+      log.debug('rejected capacity record', { source, error: toSubstrateError(err).message })
+      return TopicValidatorResult.Reject
+    }
+    const previous = entries.get(source)
+    // Gossip may deliver an older record after a newer one; it must not roll the view back.
+    if (previous !== undefined && previous.record.at >= record.at) return TopicValidatorResult.Ignore
+    entries.set(source, { peer: source, record, lastSeen: now, expires })
+    stats.accepted++
+    emit()
+    return TopicValidatorResult.Accept
+  }
+
+  const publish = async () => {
+    if (!running) return
+    lastPublish = Date.now()
+    try {
+      const bytes = signCapacityRecord(components.identity, components.snapshot(), {
+        ttlMs: recordTtlMs,
+      })
+      await pubsub.publish(CAPACITY_TOPIC, bytes)
+      stats.published++
+    } catch (err) {
+      log.warn('capacity publish failed', { error: toSubstrateError(err).message })
+    }
+  }
+
+  const schedulePublish = () => {
+    if (!running || pending !== undefined) return
+    const wait = Math.max(0, lastPublish + minPublishGapMs - Date.now())
+    pending = setTimeout(() => {
+      pending = undefined
+      void publish()
+    }, wait)
+  }
+
+  const pruneStale = () => {
+    const now = Date.now()
+    let changed = false
+    for (const [peer, entry] of entries) {
+      if (now - entry.lastSeen > staleAfterMs || now >= entry.expires) {
+        entries.delete(peer)
+        changed = true
+      }
+    }
+    // Buckets of peers we have not heard from refill fully anyway; dropping them bounds memory.
+    for (const [peer, bucket] of buckets) if (now - bucket.at > 60_000) buckets.delete(peer)
+    if (changed) emit()
+  }
+
+  // A record published before a peer's subscription arrives reaches nobody, so a new
+  // subscriber gets a fresh record right away instead of waiting for the next interval.
+  const onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>) => {
+    if (evt.detail.subscriptions.some((s) => s.topic === CAPACITY_TOPIC && s.subscribe)) schedulePublish()
+  }
+
+  return {
+    async start() {
+      if (running) return
+      running = true
+      pubsub.topicValidators.set(CAPACITY_TOPIC, validate)
+      pubsub.addEventListener('subscription-change', onSubscriptionChange)
+      pubsub.subscribe(CAPACITY_TOPIC)
+      interval = setInterval(() => {
+        pruneStale()
+        void publish()
+      }, publishIntervalMs)
+      interval.unref()
+      schedulePublish()
+    },
+    async stop() {
+      running = false
+      clearInterval(interval)
+      clearTimeout(pending)
+      pending = undefined
+      pubsub.removeEventListener('subscription-change', onSubscriptionChange)
+      pubsub.topicValidators.delete(CAPACITY_TOPIC)
+      if (components.mesh.libp2p.status === 'started') pubsub.unsubscribe(CAPACITY_TOPIC)
+    },
+    notifyChanged: schedulePublish,
+    view,
+    get: (peer) => {
+      const entry = entries.get(peer)
+      return entry === undefined ? undefined : { ...entry }
+    },
+    stats: () => ({ ...stats }),
+    onChange(listener) {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+  }
+}
