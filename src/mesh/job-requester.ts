@@ -6,6 +6,7 @@
 
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isErrorCode, SubstrateError, toSubstrateError } from '../errors.ts'
+import { cidOf } from '../identity/envelope.ts'
 import type { Identity } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
 import type { ChatMessage, GenerationStats, SamplingOptions } from '../runtime/protocol.ts'
@@ -22,7 +23,6 @@ import {
   type CountersignedReceipt,
   countersignReceipt,
   signManifest,
-  verifyCountersignedReceipt,
   verifyWorkerReceipt,
 } from './job-records.ts'
 import type { MeshNode } from './libp2p-node.ts'
@@ -111,7 +111,12 @@ export function createJobRequester(
     const dialSignal = AbortSignal.any([AbortSignal.timeout(dialTimeoutMs), ...(signal ? [signal] : [])])
     let raw: Awaited<ReturnType<typeof libp2p.dialProtocol>>
     try {
-      raw = await libp2p.dialProtocol(peerIdFromString(worker), JOB_PROTOCOL, { signal: dialSignal })
+      // negotiateFully: false sends the protocol name together with the manifest, saving a
+      // round trip per job; a worker without the protocol then fails the first read instead.
+      raw = await libp2p.dialProtocol(peerIdFromString(worker), JOB_PROTOCOL, {
+        signal: dialSignal,
+        negotiateFully: false,
+      })
     } catch (cause) {
       if (signal?.aborted === true) throw new SubstrateError('E_CANCELLED', 'job cancelled', { cause })
       throw new SubstrateError('E_PEER_GONE', `cannot open a job stream to ${worker}: ${String(cause)}`, {
@@ -134,7 +139,7 @@ export function createJobRequester(
           text += frame.text
           yield { type: 'token', text: frame.text }
         } else if (frame.t === 'done') {
-          verifyWorkerReceipt(frame.receipt, {
+          const workerReceipt = verifyWorkerReceipt(frame.receipt, {
             worker,
             requester: components.identity.id,
             job: signed.cid,
@@ -146,7 +151,15 @@ export function createJobRequester(
           await ch.write({ t: 'countersign', receipt: countersigned })
           finished = true
           await ch.close()
-          const receipt = verifyCountersignedReceipt(countersigned)
+          // Both signatures were just checked (the worker's) and made (ours): no need to re-verify.
+          const receipt: CountersignedReceipt = {
+            bytes: countersigned,
+            cid: cidOf(countersigned),
+            worker,
+            requester: components.identity.id,
+            receipt: workerReceipt.payload,
+            workerReceipt: frame.receipt,
+          }
           const totalMs = performance.now() - started
           yield { type: 'done', stats: frame.stats, loadMs: 0, totalMs, worker, job: signed.cid, receipt }
           return

@@ -29,6 +29,7 @@ import {
   verifyManifest,
 } from './job-records.ts'
 import type { MeshNode } from './libp2p-node.ts'
+import { createTokenBatcher } from './token-batcher.ts'
 
 export interface AdmittedJob {
   cid: string
@@ -188,17 +189,22 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
     }
     let text = ''
     let stats: GenerationStats | undefined
+    const tokens = createTokenBatcher((chunk) => ch.write({ t: 'token', text: chunk }, writeTimeoutMs), {
+      maxFrameChars: 8 * 1024,
+      maxPendingChars: 64 * 1024,
+    })
     const it = components.runJob(capped, signal)[Symbol.asyncIterator]()
     try {
       for (let r = await nextEvent(it, signal); r.done !== true; r = await nextEvent(it, signal)) {
         const ev = r.value
         if (ev.type === 'token') {
           text += ev.text
-          await ch.write({ t: 'token', text: ev.text }, writeTimeoutMs)
+          await tokens.push(ev.text)
         } else {
           stats = ev.stats
         }
       }
+      await tokens.flush()
     } finally {
       // Not awaited: a generator still inside next() finishes that first, then runs its finally.
       it.return?.().catch(() => {})

@@ -7,6 +7,7 @@ import {
   type JobOutcome,
   type JobProtocol,
   type JobRequest,
+  type MeshJobEvent,
   verifyCountersignedReceipt,
 } from '../../src/mesh/job-protocol.ts'
 import { sha256Digest } from '../../src/mesh/job-records.ts'
@@ -68,20 +69,14 @@ describe('job protocol between two real nodes', () => {
   test('a job streams its tokens and both sides end with the same doubly signed receipt', async () => {
     mode = {}
     const tokens: string[] = []
-    let done: Extract<Awaited<ReturnType<typeof collectLast>>, { type: 'done' }> | undefined
-    async function collectLast() {
-      let last: Awaited<ReturnType<ReturnType<JobProtocol['stream']>['next']>>['value']
-      for await (const ev of requester.stream(workerId, request())) {
-        if (ev.type === 'token') tokens.push(ev.text)
-        last = ev
-      }
-      return last!
+    let done: Extract<MeshJobEvent, { type: 'done' }> | undefined
+    for await (const ev of requester.stream(workerId, request())) {
+      if (ev.type === 'token') tokens.push(ev.text)
+      else done = ev
     }
-    const last = await collectLast()
-    assert.equal(last.type, 'done')
-    if (last.type === 'done') done = last
-    assert.deepEqual(tokens, ['Hello', ', ', 'mesh', '!'])
-    assert.ok(done)
+    // Tokens may share a frame when they come faster than the stream takes them.
+    assert.equal(tokens.join(''), 'Hello, mesh!')
+    assert.ok(done, 'the stream ends with a done event')
     const { receipt } = done
     assert.equal(receipt.worker, workerId)
     assert.equal(receipt.requester, peers[1]!.identity.id)
