@@ -108,12 +108,18 @@ export function createJobRequester(
       { kind: 'infer', model, mode, prompt, messages, options: request.options ?? {}, maxTokens },
       { ttlMs: request.ttlMs },
     )
+    let workerPeer: ReturnType<typeof peerIdFromString>
+    try {
+      workerPeer = peerIdFromString(worker)
+    } catch (cause) {
+      throw new SubstrateError('E_INVALID_ARGUMENT', `not a peer id: ${worker.slice(0, 64)}`, { cause })
+    }
     const dialSignal = AbortSignal.any([AbortSignal.timeout(dialTimeoutMs), ...(signal ? [signal] : [])])
     let raw: Awaited<ReturnType<typeof libp2p.dialProtocol>>
     try {
       // negotiateFully: false sends the protocol name together with the manifest, saving a
       // round trip per job; a worker without the protocol then fails the first read instead.
-      raw = await libp2p.dialProtocol(peerIdFromString(worker), JOB_PROTOCOL, {
+      raw = await libp2p.dialProtocol(workerPeer, JOB_PROTOCOL, {
         signal: dialSignal,
         negotiateFully: false,
       })

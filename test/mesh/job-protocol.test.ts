@@ -183,6 +183,24 @@ describe('job protocol between two real nodes', () => {
     await waitFor(() => probe.stopped > stoppedBefore, "the stalled worker's job to be cancelled", 3_000)
   })
 
+  test('a worker that shuts down mid-job tells the requester: E_CANCELLED', async () => {
+    mode = { forever: true, delayMs: 5 }
+    let n = 0
+    await assert.rejects(
+      (async () => {
+        for await (const ev of requester.stream(workerId, request())) {
+          if (ev.type === 'token' && ++n === 2) await worker.stop()
+        }
+      })(),
+      (err: unknown) => {
+        rejectsWith('E_CANCELLED')(err)
+        assert.match(String((err as Error).message), /worker is stopping/)
+        return true
+      },
+    )
+    await worker.start()
+  })
+
   test('a runtime failure on the worker reaches the requester as an error frame', async () => {
     mode = {}
     const failing = createJobProtocol(

@@ -1,0 +1,183 @@
+// The mesh subsystem as the composition root sees it: one factory that builds the libp2p
+// host, capacity gossip, model providers and the job protocol from the daemon's identity,
+// model store and runtime, and derives this node's capacity record from them. `generate`
+// runs a job on the best peer that will take it, moving on when a peer refuses or is
+// unreachable before the first token; failover after the first token (prefix continuation)
+// is the scheduler's, later.
+
+import { SubstrateError, toSubstrateError } from '../errors.ts'
+import type { ReplayGuard } from '../identity/envelope.ts'
+import type { Identity } from '../identity/keys.ts'
+import type { Logger } from '../logger.ts'
+import type { ModelStore } from '../models/types.ts'
+import type { Runtime } from '../runtime/runtime.ts'
+import { type CapacityGossip, type CapacityGossipInit, createCapacityGossip } from './capacity-gossip.ts'
+import type { CapacitySnapshot } from './capacity-record.ts'
+import {
+  createJobProtocol,
+  type JobProtocol,
+  type JobProtocolInit,
+  type JobRequest,
+  type JobRequestOptions,
+  type MeshJobEvent,
+} from './job-protocol.ts'
+import { createMeshNode, type MeshNode, type MeshNodeInit } from './libp2p-node.ts'
+import { createModelProviders, type ModelProviders } from './model-providers.ts'
+import { pickWorkers } from './pick-worker.ts'
+import { createRuntimeJobRunner } from './runtime-job.ts'
+
+export interface MeshComponents {
+  identity: Identity
+  logger: Logger
+  models: Pick<ModelStore, 'list'>
+  runtime: Pick<Runtime, 'generate' | 'ps'>
+  replay?: ReplayGuard
+}
+
+export interface MeshInit {
+  node?: MeshNodeInit
+  capacity?: CapacityGossipInit
+  jobs?: JobProtocolInit
+  /** Announce held models in the DHT (on start and on `modelsChanged`). */
+  provideModels?: boolean
+}
+
+export interface Mesh {
+  readonly node: MeshNode
+  readonly capacity: CapacityGossip
+  readonly jobs: JobProtocol
+  readonly providers: ModelProviders
+  start(): Promise<void>
+  stop(): Promise<void>
+  /** Call after a model was pulled, imported or removed. */
+  modelsChanged(): void
+  /** Peers to ask for a model, best first, from the capacity view. */
+  candidates(digest: string): string[]
+  /** Runs a job on the first candidate that admits it; events as Runtime.generate() plus the receipt. */
+  generate(request: JobRequest, options?: JobRequestOptions): AsyncGenerator<MeshJobEvent>
+}
+
+// Refusals and failures that say "try someone else" rather than "this request is bad".
+const RETRYABLE = new Set([
+  'E_WORKER_BUSY',
+  'E_MODEL_NOT_FOUND',
+  'E_PEER_GONE',
+  'E_PEER_TIMEOUT',
+  'E_PROTOCOL',
+])
+
+export async function createMesh(components: MeshComponents, init: MeshInit = {}): Promise<Mesh> {
+  const log = components.logger.child('mesh')
+  const node = await createMeshNode(components, init.node)
+  const maxConcurrentJobs = init.jobs?.maxConcurrentJobs ?? 1
+  const holds = (digest: string) => components.models.list().some((m) => m.digest === digest)
+  // Decode speed as this node measured it serving jobs, smoothed so one odd job does not swing it.
+  let tokensPerSecond = 0
+
+  const jobs = createJobProtocol(
+    {
+      mesh: node,
+      identity: components.identity,
+      logger: components.logger,
+      hasModel: holds,
+      runJob: createRuntimeJobRunner({
+        runtime: components.runtime,
+        modelByDigest: (digest) => components.models.list().find((m) => m.digest === digest),
+      }),
+      ...(components.replay === undefined ? {} : { replay: components.replay }),
+    },
+    { ...init.jobs, maxConcurrentJobs },
+  )
+  const snapshot = (): CapacitySnapshot => ({
+    models: components.models
+      .list()
+      .slice(0, 64)
+      .map((m) => ({ digest: m.digest, name: m.name.slice(0, 128) })),
+    loaded: [...new Set(components.runtime.ps().map((m) => m.digest))].slice(0, 16),
+    freeSlots: Math.max(0, maxConcurrentJobs - jobs.activeJobs()),
+    tokensPerSecond: Math.round(tokensPerSecond * 10) / 10,
+    // Jobs are admitted or refused, never queued, so nothing waits here yet.
+    queueDepth: 0,
+  })
+  const capacity = createCapacityGossip(
+    { mesh: node, identity: components.identity, logger: components.logger, snapshot },
+    init.capacity,
+  )
+  const providers = createModelProviders({ mesh: node, logger: components.logger })
+
+  const provideAll = () => {
+    if (init.provideModels !== true) return
+    for (const m of components.models.list()) {
+      providers.provide(m.digest).catch((err: unknown) => {
+        log.debug('model announcement failed', { digest: m.digest, error: toSubstrateError(err).message })
+      })
+    }
+  }
+  const offActivity = jobs.onActivity(() => capacity.notifyChanged())
+  const offJobEnd = jobs.onJobEnd((outcome) => {
+    const s = outcome.stats
+    if (s === undefined || s.evalMs <= 0 || s.outputTokens < 2) return
+    const measured = (s.outputTokens - 1) / (s.evalMs / 1000)
+    tokensPerSecond = tokensPerSecond === 0 ? measured : 0.8 * tokensPerSecond + 0.2 * measured
+  })
+
+  const candidates = (digest: string) => pickWorkers(capacity.view(), digest)
+
+  async function* generate(
+    request: JobRequest,
+    options: JobRequestOptions = {},
+  ): AsyncGenerator<MeshJobEvent> {
+    const tried = new Set<string>()
+    let lastError: SubstrateError | undefined
+    for (;;) {
+      const worker = pickWorkers(capacity.view(), request.model, { exclude: tried })[0]
+      if (worker === undefined) break
+      tried.add(worker)
+      let started = false
+      try {
+        for await (const ev of jobs.stream(worker, request, options)) {
+          started = true
+          yield ev
+        }
+        return
+      } catch (err) {
+        const error = toSubstrateError(err)
+        if (started || !RETRYABLE.has(error.code) || options.signal?.aborted === true) throw error
+        log.info('worker did not take the job; trying the next', { worker, code: error.code })
+        lastError = error
+      }
+    }
+    throw (
+      lastError ??
+      new SubstrateError('E_MODEL_NOT_FOUND', `no peer in the mesh offers model ${request.model} right now`, {
+        hint: 'pull the model locally, or wait for a peer that holds it to join',
+      })
+    )
+  }
+
+  return {
+    node,
+    capacity,
+    jobs,
+    providers,
+    async start() {
+      await node.start()
+      await jobs.start()
+      await capacity.start()
+      provideAll()
+    },
+    async stop() {
+      offActivity()
+      offJobEnd()
+      await capacity.stop()
+      await jobs.stop()
+      await node.stop()
+    },
+    modelsChanged() {
+      capacity.notifyChanged()
+      provideAll()
+    },
+    candidates,
+    generate,
+  }
+}

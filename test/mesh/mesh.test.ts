@@ -1,0 +1,135 @@
+// Three daemons' mesh layers in one process: capacity from the model store and runtime,
+// dispatch to the best candidate, and moving on when a candidate refuses.
+
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import { generateIdentity } from '../../src/identity/keys.ts'
+import { silentLogger } from '../../src/logger.ts'
+import { createMesh, type Mesh } from '../../src/mesh/mesh.ts'
+import type { ModelRecord } from '../../src/models/types.ts'
+import type { GenerateRequest, LoadedModel, RuntimeEvent } from '../../src/runtime/runtime.ts'
+import { MODEL_DIGEST, OTHER_DIGEST, rejectsWith, waitFor } from './helpers.ts'
+
+const record = (digest: string, name: string): ModelRecord => ({
+  name,
+  digest,
+  size: 1,
+  path: `/models/${name}`,
+  modifiedAt: new Date(0).toISOString(),
+  details: {
+    format: 'gguf',
+    architecture: 'llama',
+    family: 'llama',
+    parameterCount: 1,
+    parameterSize: '1',
+    quantization: 'F32',
+    contextLength: 512,
+    chatTemplate: undefined,
+  },
+})
+
+interface FakeDaemon {
+  id: string
+  mesh: Mesh
+  models: ModelRecord[]
+  loaded: string[]
+  served: number
+}
+
+async function startDaemon(models: ModelRecord[], loaded: string[]): Promise<FakeDaemon> {
+  const identity = generateIdentity()
+  const daemon: FakeDaemon = { id: identity.id, models, loaded, served: 0, mesh: undefined as never }
+  const runtime = {
+    async *generate(req: GenerateRequest): AsyncGenerator<RuntimeEvent> {
+      daemon.served++
+      yield { type: 'token', text: `${req.model.name} from ${identity.id.slice(-6)}` }
+      const stats = { reason: 'stop' as const, promptTokens: 2, outputTokens: 3, promptEvalMs: 1, evalMs: 10 }
+      yield { type: 'done', stats, loadMs: 0, totalMs: 1 }
+    },
+    ps: () => daemon.loaded.map((digest) => ({ digest }) as LoadedModel),
+  }
+  daemon.mesh = await createMesh(
+    { identity, logger: silentLogger, models: { list: () => daemon.models }, runtime },
+    // Slow periodic gossip: records change only when a test says so.
+    { capacity: { publishIntervalMs: 60_000 }, provideModels: true },
+  )
+  await daemon.mesh.start()
+  return daemon
+}
+
+describe('the mesh layer of three daemons', () => {
+  const daemons: FakeDaemon[] = []
+  const tiny = record(MODEL_DIGEST, 'substrate-tiny:latest')
+
+  before(async () => {
+    daemons.push(await startDaemon([tiny], [MODEL_DIGEST])) // holds it, loaded
+    daemons.push(await startDaemon([tiny], [])) // holds it
+    daemons.push(await startDaemon([], [])) // holds nothing: the requester
+    const first = daemons[0]!.mesh.node.multiaddrs()[0]!
+    await daemons[1]!.mesh.node.dial(first)
+    await daemons[2]!.mesh.node.dial(first)
+  })
+  after(async () => {
+    await Promise.all(daemons.map((d) => d.mesh.stop()))
+  })
+
+  test('capacity records carry each node’s models, loaded models and free slots', async () => {
+    const requester = daemons[2]!.mesh
+    await waitFor(() => requester.capacity.view().length === 2, 'two peers in the view', 8_000)
+    const a = requester.capacity.get(daemons[0]!.id)
+    assert.deepEqual(a?.record.models, [{ digest: MODEL_DIGEST, name: 'substrate-tiny:latest' }])
+    assert.deepEqual(a?.record.loaded, [MODEL_DIGEST])
+    assert.equal(a?.record.freeSlots, 1)
+    assert.deepEqual(requester.candidates(MODEL_DIGEST), [daemons[0]!.id, daemons[1]!.id])
+    assert.deepEqual(requester.candidates(OTHER_DIGEST), [])
+  })
+
+  test('a node without the model gets its answer from the best peer, with a receipt', async () => {
+    const events = []
+    for await (const ev of daemons[2]!.mesh.generate({
+      model: MODEL_DIGEST,
+      mode: 'completion',
+      prompt: 'hi',
+      maxTokens: 16,
+    })) {
+      events.push(ev)
+    }
+    const done = events.at(-1)
+    assert.equal(done?.type, 'done')
+    if (done?.type !== 'done') return
+    assert.equal(done.worker, daemons[0]!.id, 'the peer with the model loaded serves')
+    assert.equal(done.receipt.requester, daemons[2]!.id)
+    assert.equal(daemons[0]!.served, 1)
+  })
+
+  test('a candidate that refuses is skipped for the next one', async () => {
+    // A drops the model from its store without telling the mesh: its gossip still offers it.
+    daemons[0]!.models = []
+    try {
+      const done = await collectDone(daemons[2]!.mesh)
+      assert.equal(done.worker, daemons[1]!.id)
+    } finally {
+      daemons[0]!.models = [tiny]
+    }
+  })
+
+  test('a model nobody offers is E_MODEL_NOT_FOUND with a hint', async () => {
+    await assert.rejects(
+      collectDone(daemons[2]!.mesh, OTHER_DIGEST),
+      (err: unknown) => rejectsWith('E_MODEL_NOT_FOUND')(err) && /no peer/.test(String(err)),
+    )
+  })
+
+  test('held models are announced in the DHT', async () => {
+    const found = await daemons[2]!.mesh.providers.find(MODEL_DIGEST, { timeoutMs: 5_000, limit: 2 })
+    assert.ok(found.length >= 1, 'at least one holder found')
+    for (const id of found) assert.ok([daemons[0]!.id, daemons[1]!.id].includes(id))
+  })
+})
+
+async function collectDone(mesh: Mesh, model = MODEL_DIGEST) {
+  for await (const ev of mesh.generate({ model, mode: 'completion', prompt: 'hi', maxTokens: 16 })) {
+    if (ev.type === 'done') return ev
+  }
+  throw new Error('no done event')
+}
