@@ -135,7 +135,11 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
           `this worker does not hold model ${envelope.payload.model}`,
         )
       }
-      return { cid: cidOf(frame.manifest), requester: remote, manifest: envelope.payload, envelope }
+      const cid = cidOf(frame.manifest)
+      // Taken here, synchronously with the check above, so two manifests arriving in one
+      // tick cannot both pass it.
+      running.set(cid, new AbortController())
+      return { cid, requester: remote, manifest: envelope.payload, envelope }
     } catch (err) {
       await refuse(ch, toSubstrateError(err), false)
       return undefined
@@ -214,9 +218,8 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
   }
 
   const serve = async (ch: WorkerChannel, job: AdmittedJob): Promise<JobOutcome> => {
-    const ac = new AbortController()
+    const ac = running.get(job.cid) ?? new AbortController()
     const readAbort = new AbortController()
-    running.set(job.cid, ac)
     activity()
     const next = watchRequester(ch, ac, readAbort)
     next.catch(() => {}) // observed by watchRequester; this only silences the duplicate

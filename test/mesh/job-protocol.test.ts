@@ -118,6 +118,19 @@ describe('job protocol between two real nodes', () => {
     await waitFor(() => worker.activeJobs() === 0, 'the slot to free up')
   })
 
+  test('two manifests at once for one slot: one runs, the other is refused as busy', async () => {
+    mode = { delayMs: 20 }
+    const results = await Promise.allSettled([
+      requester.run(workerId, request()),
+      requester.run(workerId, request()),
+    ])
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1)
+    const refused = results.find((r) => r.status === 'rejected')
+    assert.ok(refused?.status === 'rejected')
+    rejectsWith('E_WORKER_BUSY')(refused.reason)
+    await waitFor(() => worker.activeJobs() === 0, 'the slot to free up')
+  })
+
   test('a requester that stops reading mid-stream stops the worker generating', async () => {
     mode = { forever: true, delayMs: 5 }
     const stoppedBefore = probe.stopped
