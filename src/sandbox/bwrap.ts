@@ -158,9 +158,11 @@ export function createSandbox(init: BwrapInit): Sandbox {
       ...['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session'],
       ...['--cap-drop', 'ALL', '--clearenv', '--hostname', 'substrate-runner'],
       ...['--setenv', 'PATH', '/usr/bin:/bin', '--setenv', 'HOME', '/tmp', '--setenv', 'TMPDIR', '/tmp'],
+      // the tmpfs goes first: binds of a project that lives under /tmp (a CI clone) must land
+      // on top of it, not be hidden beneath it
+      ...['--proc', '/proc', '--dev', '/dev', '--size', String(init.tmpfsBytes), '--tmpfs', '/tmp'],
       ...system,
       ...binds,
-      ...['--proc', '/proc', '--dev', '/dev', '--size', String(init.tmpfsBytes), '--tmpfs', '/tmp'],
       ...model,
       // bwrap's own root and /dev are writable tmpfs mounts: seal them once populated
       ...['--remount-ro', '/dev', '--remount-ro', '/'],
