@@ -67,6 +67,8 @@ export interface JobWorkerInit {
   countersignTimeoutMs?: number
   /** How long the requester may leave a token frame unread before we give up on it. */
   writeTimeoutMs?: number
+  /** Longest a token is held to share a frame with the next ones (see token-batcher.ts). */
+  tokenWindowMs?: number
 }
 
 export interface JobWorker {
@@ -91,6 +93,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
   const manifestTimeoutMs = init.manifestTimeoutMs ?? 10_000
   const countersignTimeoutMs = init.countersignTimeoutMs ?? 10_000
   const writeTimeoutMs = init.writeTimeoutMs ?? 30_000
+  const tokenWindowMs = init.tokenWindowMs ?? 4
   const running = new Map<string, AbortController>()
   const activityListeners = new Set<() => void>()
   const endListeners = new Set<(outcome: JobOutcome) => void>()
@@ -196,6 +199,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
     const tokens = createTokenBatcher((chunk) => ch.write({ t: 'token', text: chunk }, writeTimeoutMs), {
       maxFrameChars: 8 * 1024,
       maxPendingChars: 64 * 1024,
+      windowMs: tokenWindowMs,
     })
     const it = components.runJob(capped, signal)[Symbol.asyncIterator]()
     try {

@@ -36,6 +36,28 @@ describe('token batcher', () => {
     assert.deepEqual(frames, ['1', '234'])
   })
 
+  test('with a window, close followers share a frame and a first token is not held', async () => {
+    const frames: Array<{ text: string; at: number }> = []
+    const t0 = performance.now()
+    const b = createTokenBatcher(async (text) => void frames.push({ text, at: performance.now() - t0 }), {
+      maxFrameChars: 100,
+      maxPendingChars: 1000,
+      windowMs: 200,
+    })
+    await b.push('a')
+    await waitFor(() => frames.length === 1, 'the first token')
+    assert.ok(frames[0]!.at < 150, `the first token waited ${frames[0]!.at} ms`)
+    for (const t of ['b', 'c', 'd']) {
+      await b.push(t)
+      await sleep(2)
+    }
+    await b.flush()
+    assert.deepEqual(
+      frames.map((f) => f.text),
+      ['a', 'bcd'],
+    )
+  })
+
   test('frames respect the size limit and never split a surrogate pair', async () => {
     const frames: string[] = []
     const b = createTokenBatcher(async (t) => void frames.push(t), {
