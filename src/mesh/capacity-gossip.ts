@@ -33,6 +33,8 @@ export interface CapacityGossipStats {
   rejected: number
   /** Records over a peer's rate: dropped without verifying and not forwarded. */
   rateLimited: number
+  /** Records from new peers dropped because the view was full. */
+  overflow: number
 }
 
 export interface CapacityGossipInit {
@@ -46,6 +48,8 @@ export interface CapacityGossipInit {
   rateBurst?: number
   /** Shortest gap between two of our own publishes, so change bursts do not trip peers' limits. */
   minPublishGapMs?: number
+  /** Most peers the view holds. */
+  maxPeers?: number
 }
 
 export interface CapacityGossip {
@@ -72,11 +76,12 @@ export function createCapacityGossip(
   const ratePerSecond = init.ratePerSecond ?? 2
   const rateBurst = init.rateBurst ?? 5
   const minPublishGapMs = init.minPublishGapMs ?? 200
+  const maxPeers = init.maxPeers ?? 4096
 
   const entries = new Map<string, CapacityEntry>()
   const buckets = new Map<string, { tokens: number; at: number }>()
   const listeners = new Set<(view: CapacityEntry[]) => void>()
-  const stats: CapacityGossipStats = { published: 0, accepted: 0, rejected: 0, rateLimited: 0 }
+  const stats: CapacityGossipStats = { published: 0, accepted: 0, rejected: 0, rateLimited: 0, overflow: 0 }
   let interval: NodeJS.Timeout | undefined
   let pending: NodeJS.Timeout | undefined
   let lastPublish = 0
@@ -92,7 +97,11 @@ export function createCapacityGossip(
     const bucket = buckets.get(peer) ?? { tokens: rateBurst, at: now }
     bucket.tokens = Math.min(rateBurst, bucket.tokens + ((now - bucket.at) / 1000) * ratePerSecond)
     bucket.at = now
+    // Re-inserted so the Map stays in least-recently-seen order; fresh keys cost a spammer
+    // nothing, so the oldest bucket goes once there are too many.
+    buckets.delete(peer)
     buckets.set(peer, bucket)
+    if (buckets.size > 4 * maxPeers) buckets.delete(buckets.keys().next().value ?? '')
     if (bucket.tokens < 1) return false
     bucket.tokens -= 1
     return true
@@ -126,6 +135,12 @@ export function createCapacityGossip(
     const previous = entries.get(source)
     // Gossip may deliver an older record after a newer one; it must not roll the view back.
     if (previous !== undefined && previous.record.at >= record.at) return TopicValidatorResult.Ignore
+    // Keys cost nothing, so the view is bounded: a full view admits no new peers until
+    // entries go stale (vouching and reputation will decide whom to prefer).
+    if (previous === undefined && entries.size >= maxPeers) {
+      stats.overflow++
+      return TopicValidatorResult.Ignore
+    }
     entries.set(source, { peer: source, record, lastSeen: now, expires })
     stats.accepted++
     emit()

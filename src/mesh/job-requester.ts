@@ -79,6 +79,9 @@ export interface JobRequester {
   run(worker: string, request: JobRequest, options?: JobRequestOptions): Promise<MeshJobResult>
 }
 
+/** Generous bound on one token's text; tokenizers' longest tokens are far shorter. */
+const MAX_CHARS_PER_TOKEN = 256
+
 // A worker's error is only passed on under its own code if that code is one we know.
 function remoteError(worker: string, frame: { code: string; message: string }, verb: string) {
   const code = isErrorCode(frame.code) ? frame.code : 'E_PROTOCOL'
@@ -103,6 +106,8 @@ export function createJobRequester(
     const started = performance.now()
     const { signal } = options
     const { model, mode, prompt, messages, maxTokens } = request
+    // A runaway or hostile worker cannot stream forever: no real token is this long.
+    const maxOutputChars = maxTokens * MAX_CHARS_PER_TOKEN
     const signed = signManifest(
       components.identity,
       { kind: 'infer', model, mode, prompt, messages, options: request.options ?? {}, maxTokens },
@@ -143,6 +148,12 @@ export function createJobRequester(
         const frame = await ch.read({ timeoutMs: stallTimeoutMs, signal })
         if (frame.t === 'token') {
           text += frame.text
+          if (text.length > maxOutputChars) {
+            throw new SubstrateError(
+              'E_PROTOCOL',
+              `worker ${worker} sent more output than ${maxTokens} tokens can hold`,
+            )
+          }
           yield { type: 'token', text: frame.text }
         } else if (frame.t === 'done') {
           const workerReceipt = verifyWorkerReceipt(frame.receipt, {

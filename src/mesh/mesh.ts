@@ -9,6 +9,7 @@ import { SubstrateError, toSubstrateError } from '../errors.ts'
 import type { ReplayGuard } from '../identity/envelope.ts'
 import type { Identity } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
+import { normalizeModelName } from '../models/store.ts'
 import type { ModelStore } from '../models/types.ts'
 import type { Runtime } from '../runtime/runtime.ts'
 import { type CapacityGossip, type CapacityGossipInit, createCapacityGossip } from './capacity-gossip.ts'
@@ -53,8 +54,23 @@ export interface Mesh {
   modelsChanged(): void
   /** Peers to ask for a model, best first, from the capacity view. */
   candidates(digest: string): string[]
+  /** Every model some peer offers (for `/api/tags`, marked remote). */
+  remoteModels(): RemoteModel[]
+  /**
+   * A model offered under this name (normalized like the store's) or digest. Names are the
+   * peers' claims: when peers disagree, the digest most of them offer wins.
+   */
+  findRemoteModel(nameOrDigest: string): RemoteModel | undefined
   /** Runs a job on the first candidate that admits it; events as Runtime.generate() plus the receipt. */
   generate(request: JobRequest, options?: JobRequestOptions): AsyncGenerator<MeshJobEvent>
+}
+
+export interface RemoteModel {
+  name: string
+  digest: string
+  /** Peers holding it, and those with it loaded right now. */
+  peers: string[]
+  loadedOn: string[]
 }
 
 // Refusals and failures that say "try someone else" rather than "this request is bad".
@@ -123,6 +139,32 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
 
   const candidates = (digest: string) => pickWorkers(capacity.view(), digest)
 
+  const remoteModels = (): RemoteModel[] => {
+    const byDigest = new Map<string, RemoteModel>()
+    for (const entry of capacity.view()) {
+      for (const m of entry.record.models) {
+        const model = byDigest.get(m.digest) ?? { name: m.name, digest: m.digest, peers: [], loadedOn: [] }
+        model.peers.push(entry.peer)
+        if (entry.record.loaded.includes(m.digest)) model.loadedOn.push(entry.peer)
+        byDigest.set(m.digest, model)
+      }
+    }
+    return [...byDigest.values()]
+      .map((m) => ({ ...m, peers: m.peers.sort(), loadedOn: m.loadedOn.sort() }))
+      .sort((a, b) => b.peers.length - a.peers.length)
+  }
+  const findRemoteModel = (nameOrDigest: string): RemoteModel | undefined => {
+    const models = remoteModels()
+    if (nameOrDigest.startsWith('sha256:')) return models.find((m) => m.digest === nameOrDigest)
+    let name: string
+    try {
+      name = normalizeModelName(nameOrDigest)
+    } catch {
+      return undefined
+    }
+    return models.find((m) => m.name === name)
+  }
+
   async function* generate(
     request: JobRequest,
     options: JobRequestOptions = {},
@@ -178,6 +220,8 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
       provideAll()
     },
     candidates,
+    remoteModels,
+    findRemoteModel,
     generate,
   }
 }

@@ -123,3 +123,24 @@ describe('capacity gossip over three real nodes', () => {
     await waitFor(() => gossips[1]!.get(c) === undefined, 'B to drop the silent C', 5_000)
   })
 })
+
+describe('capacity view bounds', () => {
+  test('a full view admits no new peers and counts the overflow', async () => {
+    const peers = await startPeers(3)
+    const gossips = peers.map((p, i) =>
+      createCapacityGossip(
+        { mesh: p.mesh, identity: p.identity, logger: silentLogger, snapshot: () => snapshotOf(i) },
+        { publishIntervalMs: 200, maxPeers: 1 },
+      ),
+    )
+    try {
+      await Promise.all(gossips.map((g) => g.start()))
+      const hub = gossips[0]!
+      await waitFor(() => hub.stats().overflow > 0, 'the hub to turn a second peer away', 8_000)
+      assert.equal(hub.view().length, 1)
+    } finally {
+      await Promise.all(gossips.map((g) => g.stop()))
+      await stopPeers(peers)
+    }
+  })
+})

@@ -185,6 +185,32 @@ describe('job admission refuses bad manifests with typed errors', () => {
     }
   })
 
+  test('a worker that streams more than maxTokens could hold: E_PROTOCOL', async () => {
+    const rogue = peers[2]!
+    await rogue.mesh.libp2p.handle(JOB_PROTOCOL, async (stream) => {
+      const ch = frameChannel<RequesterFrame, WorkerFrame>(stream, requesterFrameSchema, 1 << 21)
+      const first = await ch.read({ timeoutMs: 3_000 })
+      if (first.t !== 'manifest') return
+      await ch.write({ t: 'accept', job: cidOf(first.manifest) })
+      for (let i = 0; i < 100; i++) await ch.write({ t: 'token', text: 'x'.repeat(1_000) })
+    })
+    try {
+      await assert.rejects(
+        requester.run(rogue.identity.id, { ...manifestFields, maxTokens: 2 }),
+        rejectsWith('E_PROTOCOL'),
+      )
+    } finally {
+      await rogue.mesh.libp2p.unhandle(JOB_PROTOCOL)
+    }
+  })
+
+  test('a worker id that is not a peer id: E_INVALID_ARGUMENT', async () => {
+    await assert.rejects(
+      requester.run('not-a-peer', { ...manifestFields }),
+      rejectsWith('E_INVALID_ARGUMENT'),
+    )
+  })
+
   test('a worker whose receipt does not match the output: E_RECEIPT_INVALID', async () => {
     const rogue = peers[2]!
     await rogue.mesh.libp2p.handle(JOB_PROTOCOL, async (stream) => {

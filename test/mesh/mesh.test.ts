@@ -84,6 +84,21 @@ describe('the mesh layer of three daemons', () => {
     assert.deepEqual(requester.candidates(OTHER_DIGEST), [])
   })
 
+  test('remote models are listed and found by name or digest', () => {
+    const requester = daemons[2]!.mesh
+    const [model] = requester.remoteModels()
+    assert.deepEqual(model, {
+      name: 'substrate-tiny:latest',
+      digest: MODEL_DIGEST,
+      peers: [daemons[0]!.id, daemons[1]!.id].sort(),
+      loadedOn: [daemons[0]!.id],
+    })
+    assert.equal(requester.findRemoteModel('Substrate-Tiny')?.digest, MODEL_DIGEST)
+    assert.equal(requester.findRemoteModel(MODEL_DIGEST)?.name, 'substrate-tiny:latest')
+    assert.equal(requester.findRemoteModel('nobody-has-this'), undefined)
+    assert.equal(requester.findRemoteModel('not a name!'), undefined)
+  })
+
   test('a node without the model gets its answer from the best peer, with a receipt', async () => {
     const events = []
     for await (const ev of daemons[2]!.mesh.generate({
