@@ -3,6 +3,26 @@
 // on a Debian/Ubuntu machine it installs them with apt; otherwise it prints the one command
 // to run and exits non-zero only when --require is given.
 import { spawnSync } from 'node:child_process'
+import { chmodSync, statSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+// Sandboxed runners run as an unprivileged user that must reach the runtime (node, the
+// runner sources, node_modules) through every directory above the project. A checkout in a
+// 0700 directory (mktemp -d) would lock it out, so as root add the traverse bit (o+x) —
+// never read — to each directory above the project that lacks it, and say so.
+function makeProjectTraversable(): void {
+  if (process.getuid?.() !== 0) return
+  let dir = resolve(dirname(fileURLToPath(import.meta.url)), '..')
+  for (; dir !== dirname(dir); dir = dirname(dir)) {
+    const mode = statSync(dir).mode
+    if ((mode & 0o001) === 0) {
+      chmodSync(dir, (mode & 0o7777) | 0o001)
+      console.log(`• ${dir}: added o+x so the sandboxed runner user can reach the runtime`)
+    }
+  }
+}
+makeProjectTraversable()
 
 const packages = [{ binary: 'bwrap', pkg: 'bubblewrap' }]
 const has = (bin: string) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0
