@@ -23,6 +23,31 @@ const serveFlags: Record<string, FlagSpec> = {
   },
   'log-level': { type: 'string', value: 'L', help: 'debug, info, warn or error (SUBSTRATE_LOG_LEVEL)' },
   sandbox: { type: 'string', value: 'B', help: 'runner sandbox: bwrap, gvisor or none (SUBSTRATE_SANDBOX)' },
+  mesh: {
+    type: 'string',
+    value: 'BOOL',
+    help: 'join the mesh: true or false (default true; SUBSTRATE_MESH)',
+  },
+  'mesh-listen': {
+    type: 'string',
+    value: 'ADDRS',
+    help: 'mesh multiaddrs to listen on, comma-separated (default /ip4/127.0.0.1/tcp/0; SUBSTRATE_MESH_LISTEN)',
+  },
+  bootstrap: {
+    type: 'string',
+    value: 'ADDRS',
+    help: 'peers to join, comma-separated multiaddrs ending in /p2p/<id> (SUBSTRATE_BOOTSTRAP)',
+  },
+  mdns: {
+    type: 'string',
+    value: 'BOOL',
+    help: 'find peers on the LAN by mDNS (default false; SUBSTRATE_MDNS)',
+  },
+  'job-slots': {
+    type: 'string',
+    value: 'N',
+    help: 'mesh jobs served at once (default 2; SUBSTRATE_JOB_SLOTS)',
+  },
 }
 
 const serve: Command = {
@@ -36,11 +61,13 @@ const serve: Command = {
     'substrate serve',
     'substrate serve --port 11500 --keep-alive 30m',
     'SUBSTRATE_HOME=/tmp/node2 substrate serve --port 0',
+    'substrate serve --home /tmp/n2 --port 0 --bootstrap /ip4/127.0.0.1/tcp/4435/p2p/12D3KooW...',
   ],
   env: [
     'SUBSTRATE_LOG_LEVEL  debug, info, warn or error',
     'SUBSTRATE_LOG_FORMAT json for one JSON object per log line',
     'SUBSTRATE_KEEP_ALIVE, SUBSTRATE_THREADS, SUBSTRATE_PARALLEL, SUBSTRATE_CONTEXT_SIZE',
+    'SUBSTRATE_MESH, SUBSTRATE_MESH_LISTEN, SUBSTRATE_BOOTSTRAP, SUBSTRATE_MDNS, SUBSTRATE_JOB_SLOTS',
   ],
   flags: serveFlags,
   args: { min: 0, max: 0 },

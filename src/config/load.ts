@@ -64,6 +64,11 @@ const shortNames: Record<string, ConfigKey> = {
   maxloadedmodels: 'runtime.maxLoadedModels',
   loglevel: 'log.level',
   sandbox: 'sandbox.backend',
+  mesh: 'mesh.enabled',
+  meshlisten: 'mesh.listen',
+  bootstrap: 'mesh.bootstrap',
+  mdns: 'mesh.mdns',
+  jobslots: 'mesh.jobSlots',
 }
 const dottedNames = new Map<string, ConfigKey>(configKeys.map((key) => [normalise(key), key]))
 
@@ -135,6 +140,11 @@ const envVars = [
   'SUBSTRATE_MAX_LOADED_MODELS',
   'SUBSTRATE_LOG_LEVEL',
   'SUBSTRATE_SANDBOX',
+  'SUBSTRATE_MESH',
+  'SUBSTRATE_MESH_LISTEN',
+  'SUBSTRATE_BOOTSTRAP',
+  'SUBSTRATE_MDNS',
+  'SUBSTRATE_JOB_SLOTS',
 ]
 
 function envLayer(env: NodeJS.ProcessEnv): Layer {
@@ -208,6 +218,7 @@ const numericKeys = new Set<ConfigKey>([
   'runtime.parallel',
   'runtime.contextSize',
   'runtime.maxLoadedModels',
+  'mesh.jobSlots',
 ])
 
 /** Validates one value in its layer and returns it ready for configSchema. */
@@ -244,7 +255,13 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   const sources = new Map<ConfigKey, ConfigSource>(configKeys.map((k) => [k, 'default']))
   sources.set('home', homeLayer?.source ?? 'default')
 
-  const input: Record<string, Record<string, unknown>> = { api: {}, runtime: {}, log: {}, sandbox: {} }
+  const input: Record<string, Record<string, unknown>> = {
+    api: {},
+    runtime: {},
+    log: {},
+    sandbox: {},
+    mesh: {},
+  }
   const origins = new Map<ConfigKey, string>()
   for (const layer of [fileLayer(join(home, 'config.toml')), envs, flags]) {
     for (const [key, setting] of layer.settings) {
@@ -273,6 +290,10 @@ function displayValue(config: Config, key: ConfigKey): string {
   if (key === 'home') return config.home
   if (key === 'api.token') return config.api.token === undefined ? '(not set)' : '<redacted>'
   if (key === 'runtime.keepAlive') return formatDuration(config.runtime.keepAlive)
+  if (key === 'mesh.listen' || key === 'mesh.bootstrap') {
+    const list = config.mesh[key === 'mesh.listen' ? 'listen' : 'bootstrap']
+    return list.length === 0 ? '(none)' : list.join(',')
+  }
   const [section, field] = key.split('.') as [string, string]
   return String((config as unknown as Record<string, Record<string, unknown>>)[section]?.[field])
 }

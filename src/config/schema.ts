@@ -20,6 +20,11 @@ export const configKeys = [
   'runtime.maxLoadedModels',
   'log.level',
   'sandbox.backend',
+  'mesh.enabled',
+  'mesh.listen',
+  'mesh.bootstrap',
+  'mesh.mdns',
+  'mesh.jobSlots',
 ] as const
 export type ConfigKey = (typeof configKeys)[number]
 
@@ -82,6 +87,37 @@ export function isLoopbackHost(host: string): boolean {
 
 const positiveInt = z.number().int().min(1)
 
+/** true/false, also as the strings env and flags carry ("1", "yes", "off", …). */
+const booleanSchema = z.union([
+  z.boolean(),
+  z
+    .string()
+    .transform((v) => v.trim().toLowerCase())
+    .pipe(z.enum(['true', 'false', '1', '0', 'yes', 'no', 'on', 'off']))
+    .transform((v) => v === 'true' || v === '1' || v === 'yes' || v === 'on'),
+])
+
+// A TCP multiaddr over IPv4, IPv6 or DNS; bootstrap peers must also name the peer.
+const tcpMultiaddr = /^\/(ip4|ip6|dns|dns4|dns6)\/[^/\s]+\/tcp\/\d{1,5}(\/p2p\/[1-9A-HJ-NP-Za-km-z]{40,60})?$/
+const peerMultiaddr = /\/p2p\/[1-9A-HJ-NP-Za-km-z]{40,60}$/
+
+/** A list of multiaddrs: a TOML array, or one comma-separated string (env and flags). */
+function multiaddrList(mustNamePeer: boolean) {
+  return z
+    .union([z.string(), z.array(z.string())])
+    .transform((v) => (typeof v === 'string' ? v.split(',') : v).map((a) => a.trim()).filter((a) => a !== ''))
+    .pipe(
+      z
+        .array(
+          z
+            .string()
+            .regex(tcpMultiaddr)
+            .refine((a) => !mustNamePeer || peerMultiaddr.test(a)),
+        )
+        .max(64),
+    )
+}
+
 /** One schema per key, and the phrase that completes "<key> must be …" when it fails. */
 export const leafSchemas = {
   home: {
@@ -126,6 +162,17 @@ export const leafSchemas = {
     expect: 'one of debug, info, warn, error',
   },
   'sandbox.backend': { schema: z.enum(['bwrap', 'gvisor', 'none']), expect: 'one of bwrap, gvisor, none' },
+  'mesh.enabled': { schema: booleanSchema, expect: 'true or false' },
+  'mesh.listen': {
+    schema: multiaddrList(false),
+    expect: 'TCP multiaddrs, comma-separated (like "/ip4/127.0.0.1/tcp/4435")',
+  },
+  'mesh.bootstrap': {
+    schema: multiaddrList(true),
+    expect: 'TCP multiaddrs ending in /p2p/<peer id>, comma-separated',
+  },
+  'mesh.mdns': { schema: booleanSchema, expect: 'true or false' },
+  'mesh.jobSlots': { schema: positiveInt, expect: 'an integer of at least 1 (mesh jobs served at once)' },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -162,6 +209,27 @@ export const configSchema = z
       .prefault({}),
     log: z.object({ level: leafSchemas['log.level'].schema.default('info') }).prefault({}),
     sandbox: z.object({ backend: leafSchemas['sandbox.backend'].schema.default('bwrap') }).prefault({}),
+    mesh: z
+      .object({
+        /** Join the mesh: serve peers' jobs and send ours to them when a model is not here. */
+        enabled: leafSchemas['mesh.enabled'].schema.default(true),
+        /**
+         * Loopback unless configured: a node must be told to offer its compute beyond this
+         * machine. Port 0 lets several daemons share a machine; /substrate/v1/status shows
+         * the address really bound, for others to bootstrap to.
+         */
+        listen: leafSchemas['mesh.listen'].schema.prefault(['/ip4/127.0.0.1/tcp/0']),
+        bootstrap: leafSchemas['mesh.bootstrap'].schema.prefault([]),
+        /**
+         * Off by default: with the loopback listener nothing on the LAN could dial us anyway,
+         * and announcing a compute-serving node to the whole LAN should be a choice. Turn on
+         * together with a LAN listen address.
+         */
+        mdns: leafSchemas['mesh.mdns'].schema.default(false),
+        /** Mesh jobs served at once: half the default parallel sequences, so local use keeps room. */
+        jobSlots: leafSchemas['mesh.jobSlots'].schema.default(2),
+      })
+      .prefault({}),
   })
   .superRefine((config, ctx) => {
     if (config.api.token === undefined && !isLoopbackHost(config.api.host)) {

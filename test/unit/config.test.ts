@@ -225,6 +225,75 @@ describe('loadConfig', () => {
   })
 })
 
+describe('mesh config', () => {
+  const peer = '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo'
+
+  test('defaults: mesh on, loopback listener on any port, no bootstrap, no mDNS, 2 job slots', () => {
+    const config = loadConfig({ env: {}, home: homeWith() })
+    assert.deepEqual(config.mesh, {
+      enabled: true,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: [],
+      mdns: false,
+      jobSlots: 2,
+    })
+  })
+
+  test('env carries lists comma-separated and booleans as words', () => {
+    const env = {
+      SUBSTRATE_MESH_LISTEN: '/ip4/0.0.0.0/tcp/4435, /ip6/::/tcp/4435',
+      SUBSTRATE_BOOTSTRAP: `/ip4/10.0.0.2/tcp/4435/p2p/${peer},/dns4/node.example/tcp/1/p2p/${peer}`,
+      SUBSTRATE_MDNS: 'yes',
+      SUBSTRATE_MESH: 'off',
+      SUBSTRATE_JOB_SLOTS: '3',
+    }
+    const config = loadConfig({ env, home: homeWith() })
+    assert.deepEqual(config.mesh.listen, ['/ip4/0.0.0.0/tcp/4435', '/ip6/::/tcp/4435'])
+    assert.deepEqual(config.mesh.bootstrap, [
+      `/ip4/10.0.0.2/tcp/4435/p2p/${peer}`,
+      `/dns4/node.example/tcp/1/p2p/${peer}`,
+    ])
+    assert.equal(config.mesh.mdns, true)
+    assert.equal(config.mesh.enabled, false)
+    assert.equal(config.mesh.jobSlots, 3)
+    assert.equal(sourceOf(config, 'mesh.bootstrap'), 'env')
+  })
+
+  test('config.toml takes real arrays and booleans; flags override it', () => {
+    const dir = homeWith(
+      `[mesh]\nlisten = ["/ip4/127.0.0.1/tcp/4435"]\nbootstrap = ["/ip4/127.0.0.1/tcp/4436/p2p/${peer}"]\nmdns = true\njob_slots = 4\n`,
+    )
+    const config = loadConfig({ env: {}, home: dir, flags: { 'mesh-listen': '/ip4/127.0.0.1/tcp/5000' } })
+    assert.deepEqual(config.mesh.listen, ['/ip4/127.0.0.1/tcp/5000'])
+    assert.deepEqual(config.mesh.bootstrap, [`/ip4/127.0.0.1/tcp/4436/p2p/${peer}`])
+    assert.equal(config.mesh.mdns, true)
+    assert.equal(config.mesh.jobSlots, 4)
+    const shown = describeConfig(config).find((e) => e.key === 'mesh.listen')
+    assert.deepEqual(shown, { key: 'mesh.listen', value: '/ip4/127.0.0.1/tcp/5000', source: 'flag' })
+  })
+
+  test('a bootstrap address without /p2p/<id> is refused, naming the variable', () => {
+    rejects(
+      () => loadConfig({ env: { SUBSTRATE_BOOTSTRAP: '/ip4/10.0.0.2/tcp/4435' }, home: homeWith() }),
+      'E_CONFIG',
+      /SUBSTRATE_BOOTSTRAP: mesh.bootstrap must be TCP multiaddrs ending in \/p2p\/<peer id>/,
+    )
+  })
+
+  test('a listen address that is not a TCP multiaddr and a bad boolean are refused', () => {
+    rejects(
+      () => loadConfig({ env: {}, home: homeWith(), flags: { 'mesh-listen': '127.0.0.1:4435' } }),
+      'E_INVALID_ARGUMENT',
+      '--mesh-listen: mesh.listen must be TCP multiaddrs',
+    )
+    rejects(
+      () => loadConfig({ env: { SUBSTRATE_MDNS: 'maybe' }, home: homeWith() }),
+      'E_CONFIG',
+      'SUBSTRATE_MDNS: mesh.mdns must be true or false',
+    )
+  })
+})
+
 describe('parseHostPort and isConfigFlag', () => {
   test('parseHostPort splits host and port', () => {
     assert.deepEqual(parseHostPort('10.0.0.1:1'), { host: '10.0.0.1', port: '1' })
