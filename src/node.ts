@@ -13,6 +13,7 @@ import { createLogger, type Logger } from './logger.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
 import { createRuntime, type Runtime } from './runtime/runtime.ts'
+import { createRunnerSpawner, type SandboxStatus } from './sandbox/select.ts'
 import { acquireHomeLock, type Db, openDatabase } from './store/database.ts'
 
 export interface SubstrateNode {
@@ -22,6 +23,8 @@ export interface SubstrateNode {
   readonly db: Db
   readonly models: ModelStore
   readonly runtime: Runtime
+  /** the runner sandbox really in force; `enforced: false` means local requests only */
+  readonly sandbox: SandboxStatus
   readonly api: ApiServer
   /** resolves when stop() has finished (e.g. after a shutdown request) */
   readonly stopped: Promise<void>
@@ -54,9 +57,14 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       hardware = await detectHardware({ home: config.home, probeGpu: false })
       return hardware
     }
+    // TODO(mesh): when the mesh is wired here, it must refuse remote jobs while
+    // sandbox.enforced is false (issue 6: an unsandboxed node serves local requests only)
+    const runners = await createRunnerSpawner({ logger }, { backend: config.sandbox.backend })
+    const sandbox = runners.describe()
     const runtime = createRuntime(
       { logger },
       {
+        launcher: runners,
         threads: config.runtime.threads,
         parallel: config.runtime.parallel,
         contextSize: config.runtime.contextSize,
@@ -102,6 +110,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
           identity,
           models,
           runtime,
+          sandbox,
           hardware: refreshHardware,
           describeConfig: options.describeConfig ?? (() => []),
           requestShutdown: () => setImmediate(() => void stop()),
@@ -111,7 +120,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     )
     await api.start()
     cleanup.unshift(() => api.stop())
-    return { config, logger, identity, db, models, runtime, api, stopped, stop }
+    return { config, logger, identity, db, models, runtime, sandbox, api, stopped, stop }
   } catch (err) {
     for (const step of cleanup) await step()
     throw err

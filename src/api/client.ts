@@ -7,6 +7,8 @@ import { type ErrorCode, isErrorCode, SubstrateError } from '../errors.ts'
 import type { HardwareInfo } from '../hardware/detect.ts'
 import type { ModelRecord, ProgressEvent } from '../models/types.ts'
 import type { LoadedModel } from '../runtime/runtime.ts'
+import type { GpuAccess, LayerReport } from '../sandbox/doctor.ts'
+import type { SandboxStatus } from '../sandbox/select.ts'
 import type {
   ChatRequest,
   GenerateRequest,
@@ -66,6 +68,13 @@ export interface ConfigEntry {
   source: string
 }
 /** A loaded runner; `expiresAt` is null when it is kept forever (JSON has no Infinity). */
+/** GET /substrate/v1/doctor: the sandbox in force and every isolation layer, probed. */
+export interface DoctorReport {
+  backend: SandboxStatus
+  layers: LayerReport[]
+  gpu: GpuAccess
+}
+
 export type RunnerInfo = Omit<LoadedModel, 'expiresAt'> & { expiresAt: number | null }
 
 export interface StreamOptions<T> {
@@ -280,6 +289,7 @@ export function createClient(init: ClientInit) {
     id: (call?: Call) => json<{ id: string; publicKey: string }>('GET', '/substrate/v1/id', undefined, call),
     info: (call?: Call) => json<HardwareInfo>('GET', '/substrate/v1/info', undefined, call),
     config: (call?: Call) => json<{ entries: ConfigEntry[] }>('GET', '/substrate/v1/config', undefined, call),
+    doctor: (call?: Call) => json<DoctorReport>('GET', '/substrate/v1/doctor', undefined, call),
     runners: (call?: Call) =>
       json<{ runners: RunnerInfo[] }>('GET', '/substrate/v1/runners', undefined, call),
     /** `path` is read by the daemon, so it must be absolute (the daemon's cwd is not ours). */

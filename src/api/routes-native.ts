@@ -8,6 +8,8 @@ import type { HardwareInfo } from '../hardware/detect.ts'
 import type { Identity } from '../identity/keys.ts'
 import type { ModelStore } from '../models/types.ts'
 import type { Runtime } from '../runtime/runtime.ts'
+import { gpuAccess, probeSandbox } from '../sandbox/doctor.ts'
+import type { SandboxStatus } from '../sandbox/select.ts'
 import { VERSION } from '../version.ts'
 import { createStreamWriter, readJson, sendJson } from './http.ts'
 import type { Route } from './router.ts'
@@ -17,6 +19,8 @@ export interface NativeRouteComponents {
   identity: Identity
   models: ModelStore
   runtime: Runtime
+  /** the runner sandbox in force, for the doctor */
+  sandbox: SandboxStatus
   hardware: () => Promise<HardwareInfo>
   /** describes where each config value came from */
   describeConfig: () => Array<{ key: string; value: unknown; source: string }>
@@ -62,6 +66,17 @@ export function nativeRoutes(c: NativeRouteComponents): Route[] {
       method: 'GET',
       path: '/substrate/v1/runners',
       handler: async (_req, res) => sendJson(res, 200, { runners: c.runtime.ps() }),
+    },
+    {
+      method: 'GET',
+      path: '/substrate/v1/doctor',
+      // every layer is probed now, in a real sandbox: what this host enforces, not what it should
+      handler: async (_req, res) =>
+        sendJson(res, 200, {
+          backend: c.sandbox,
+          layers: await probeSandbox({ active: c.sandbox.active }),
+          gpu: gpuAccess(),
+        }),
     },
     {
       method: 'POST',

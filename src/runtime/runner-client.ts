@@ -16,7 +16,7 @@ import {
   type SamplingOptions,
   type ToRunner,
 } from './protocol.ts'
-import type { SpawnRunner } from './spawn.ts'
+import type { RunnerLauncher } from './spawn.ts'
 
 export type RunnerEvent = { type: 'token'; text: string } | { type: 'done'; stats: GenerationStats }
 
@@ -43,8 +43,9 @@ export interface RunnerHandle {
 }
 
 export interface StartRunnerInit {
-  spawn: SpawnRunner
+  launcher: RunnerLauncher
   logger: Logger
+  /** the model file on the host; the runner is told the launcher's path for it */
   modelPath: string
   contextSize: number
   parallel: number
@@ -57,9 +58,11 @@ function typedError(code: string, message: string): SubstrateError {
 }
 
 export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> {
-  const child: ChildProcessWithoutNullStreams = init.spawn({
+  const child: ChildProcessWithoutNullStreams = init.launcher.spawn({
     modelPath: init.modelPath,
     threads: init.threads,
+    contextSize: init.contextSize,
+    parallel: init.parallel,
   })
   const log = init.logger.child(`runner:${child.pid ?? '?'}`)
   const requests = new Map<string, Channel<RunnerEvent>>()
@@ -110,9 +113,11 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
   child.stdin.on('error', () => {}) // EPIPE after a crash is reported through 'exit'
 
   const exited = new Promise<void>((resolve) => {
-    child.on('exit', (code, signal) => {
+    child.on('exit', async (code, signal) => {
       exitedFlag = true
-      const why = signal ? `signal ${signal}` : `exit code ${code}`
+      // the launcher may know better than the status (a sandbox's OOM killer shows as exit 137)
+      const known = await init.launcher.exitReason(child).catch(() => undefined)
+      const why = known ?? (signal ? `signal ${signal}` : `exit code ${code}`)
       const detail = stderrTail.trim().split('\n').slice(-3).join(' | ')
       const err = new SubstrateError(
         'E_RUNNER_CRASHED',
@@ -136,7 +141,7 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
 
   write({
     type: 'load',
-    modelPath: init.modelPath,
+    modelPath: init.launcher.modelPathInside(init.modelPath),
     contextSize: init.contextSize,
     parallel: init.parallel,
     threads: init.threads,

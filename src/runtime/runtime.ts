@@ -7,7 +7,12 @@ import type { Logger } from '../logger.ts'
 import type { ModelRecord } from '../models/types.ts'
 import type { ChatMessage, GenerationStats, SamplingOptions } from './protocol.ts'
 import { type RunnerHandle, startRunner } from './runner-client.ts'
-import { type SpawnRunner, spawnUnsandboxedRunner } from './spawn.ts'
+import {
+  type RunnerLauncher,
+  type SpawnRunner,
+  spawnUnsandboxedRunner,
+  unsandboxedLauncher,
+} from './spawn.ts'
 
 export interface RuntimeInit {
   /** 0 = each runner measures and picks */
@@ -16,6 +21,9 @@ export interface RuntimeInit {
   contextSize: number
   keepAliveMs: number
   maxLoadedModels: number
+  /** how runners start (the sandbox); unsandboxed when absent */
+  launcher?: RunnerLauncher
+  /** shorthand for an unsandboxed launcher with this spawn function (tests) */
   spawn?: SpawnRunner
   /** throws (E_INSUFFICIENT_MEMORY) when a model cannot fit; called before every load */
   checkCanLoad?: (model: ModelRecord, contextSize: number, parallel: number) => void
@@ -84,7 +92,7 @@ export function effectiveContextSize(requested: number, model: ModelRecord): num
 
 export function createRuntime(components: { logger: Logger }, init: RuntimeInit): Runtime {
   const log = components.logger.child('runtime')
-  const spawn = init.spawn ?? spawnUnsandboxedRunner
+  const launcher = init.launcher ?? { ...unsandboxedLauncher, spawn: init.spawn ?? spawnUnsandboxedRunner }
   const slots = new Map<string, Slot>()
 
   const dropSlot = async (slot: Slot) => {
@@ -137,7 +145,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
       init.checkCanLoad?.(model, contextSize, init.parallel)
       const started = performance.now()
       const runner = startRunner({
-        spawn,
+        launcher,
         logger: log,
         modelPath: model.path,
         contextSize,

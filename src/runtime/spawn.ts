@@ -10,9 +10,24 @@ export interface RunnerSpawnSpec {
   modelPath: string
   /** 0 = the runner chooses by measurement */
   threads: number
+  /** per-sequence context and sequences: what a sandbox sizes the runner's memory ceiling from */
+  contextSize?: number
+  parallel?: number
 }
 
 export type SpawnRunner = (spec: RunnerSpawnSpec) => ChildProcessWithoutNullStreams
+
+/**
+ * How runners are started and what they see. The sandbox backends (src/sandbox/select.ts)
+ * implement it; the runtime only ever talks to this.
+ */
+export interface RunnerLauncher {
+  spawn: SpawnRunner
+  /** the path the runner must `load` for the model file at `hostPath` (a sandbox remaps it) */
+  modelPathInside(hostPath: string): string
+  /** after the child exits: what ended it, where the launcher knows more than the exit status (OOM) */
+  exitReason(child: ChildProcessWithoutNullStreams): Promise<string | undefined>
+}
 
 /** Runs from sources (.ts, type-stripped) or from dist (.js), whichever this file is. */
 export const runnerEntry = fileURLToPath(
@@ -32,3 +47,9 @@ export const spawnUnsandboxedRunner: SpawnRunner = () =>
     stdio: ['pipe', 'pipe', 'pipe'],
     env: runnerEnvironment(),
   })
+
+export const unsandboxedLauncher: RunnerLauncher = {
+  spawn: spawnUnsandboxedRunner,
+  modelPathInside: (hostPath) => hostPath,
+  exitReason: async () => undefined,
+}

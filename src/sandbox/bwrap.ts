@@ -233,7 +233,8 @@ export function createSandbox(init: BwrapInit): Sandbox {
 }
 
 // Writes its own pid into each cgroup.procs given before `--`, then execs the rest.
-const JOIN_CGROUP = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
+export const JOIN_CGROUP =
+  'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 
 const exits = new WeakMap<ChildProcessWithoutNullStreams, Promise<SandboxExit>>()
 

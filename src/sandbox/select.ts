@@ -1,0 +1,230 @@
+// Chooses and starts the runner sandbox the config asks for, and says what it really got.
+// `bwrap` is the default; `gvisor` runs runners under runsc; `none` only by explicit choice,
+// logged loudly. A requested backend that cannot run on this host (no binary, the probe
+// fails) does not stop the daemon: it serves local requests unsandboxed and says why once,
+// and `enforced: false` tells the mesh to refuse remote jobs.
+
+import type { ChildProcessWithoutNullStreams } from 'node:child_process'
+import { statSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
+import { toSubstrateError } from '../errors.ts'
+import { estimateModelMemory, formatBytes } from '../hardware/detect.ts'
+import type { Logger } from '../logger.ts'
+import {
+  type RunnerLauncher,
+  type RunnerSpawnSpec,
+  runnerEntry,
+  spawnUnsandboxedRunner,
+} from '../runtime/spawn.ts'
+import { createSandbox, SANDBOX_MODEL_PATH, type Sandbox, sandboxExit } from './bwrap.ts'
+import { createGvisorSandbox, GVISOR_MODEL_PATH } from './gvisor.ts'
+import { type RunnerUser, runnerUserForThisProcess } from './runner-user.ts'
+
+export type SandboxBackend = 'bwrap' | 'gvisor' | 'none'
+
+const MiB = 2 ** 20
+
+export interface RunnerSpawnerInit {
+  backend: SandboxBackend
+  /** a fixed memory ceiling per runner; derived from the model's estimate when absent */
+  memoryBytes?: number
+  /** processes and threads per runner (cgroup pids.max) */
+  pids?: number
+  /** the runner's private /tmp */
+  tmpfsBytes?: number
+}
+
+export interface SandboxStatus {
+  /** what the config asked for */
+  requested: SandboxBackend
+  /** what runners really start in */
+  active: SandboxBackend
+  /** true when runners are isolated: the mesh must refuse remote jobs otherwise */
+  enforced: boolean
+  /** why `active` differs from `requested`, or why it is `none` */
+  reason?: string
+  /** the host account runners run as (the dedicated one when the daemon is root) */
+  runnerUser?: string
+}
+
+export interface RunnerSpawner extends RunnerLauncher {
+  describe(): SandboxStatus
+}
+
+/**
+ * The memory ceiling for one runner: the load estimate (weights, KV cache, buffers) plus
+ * the runner's own Node/V8 and llama.cpp baseline (~150 MB measured) and a quarter again,
+ * so that only a runner far beyond its model's needs meets the OOM killer.
+ */
+export function runnerMemoryLimit(spec: RunnerSpawnSpec): number {
+  let fileSize = 0
+  try {
+    fileSize = statSync(spec.modelPath).size
+  } catch {} // a missing file fails the load inside, with its own error
+  const estimate = estimateModelMemory({
+    fileSize,
+    contextLength: spec.contextSize ?? 4096,
+    parallel: spec.parallel ?? 1,
+  })
+  return Math.ceil((estimate * 1.25 + 384 * MiB) / MiB) * MiB
+}
+
+/** CPU quota in cores: the runner's threads, or every core when it picks its own (0). */
+function cpuQuota(threads: number): number {
+  return threads > 0 ? threads : availableParallelism()
+}
+
+export async function createRunnerSpawner(
+  components: { logger: Logger },
+  init: RunnerSpawnerInit,
+): Promise<RunnerSpawner> {
+  const log = components.logger.child('sandbox')
+  if (init.backend === 'none') {
+    log.warn(
+      'SANDBOX DISABLED (sandbox.backend = none): model runners run with all of this user’s rights; ' +
+        'this node refuses mesh jobs. Use it only to debug on a machine you own.',
+    )
+    return unsandboxed({
+      requested: 'none',
+      active: 'none',
+      enforced: false,
+      reason: 'sandbox.backend = none',
+    })
+  }
+  try {
+    const runnerUser = await runnerUserForThisProcess()
+    const spawner =
+      init.backend === 'gvisor' ? await gvisorSpawner(init, runnerUser) : await bwrapSpawner(init, runnerUser)
+    if (runnerUser !== undefined) {
+      log.info(`the daemon is root: runners run as ${runnerUser.name}`, {
+        uid: runnerUser.uid,
+        gid: runnerUser.gid,
+        backend: init.backend,
+      })
+    }
+    return spawner
+  } catch (err) {
+    const e = toSubstrateError(err)
+    const reason = `${e.message}${e.hint === undefined ? '' : ` (${e.hint})`}`
+    log.warn(
+      `the ${init.backend} sandbox cannot run here, so runners are NOT sandboxed: this node serves local ` +
+        `requests only and refuses mesh jobs. Run 'substrate doctor' for what to fix.`,
+      { reason },
+    )
+    return unsandboxed({ requested: init.backend, active: 'none', enforced: false, reason })
+  }
+}
+
+function unsandboxed(status: SandboxStatus): RunnerSpawner {
+  return {
+    spawn: spawnUnsandboxedRunner,
+    modelPathInside: (hostPath) => hostPath,
+    exitReason: async () => undefined,
+    describe: () => status,
+  }
+}
+
+function limitsFor(init: RunnerSpawnerInit, spec: RunnerSpawnSpec) {
+  return {
+    memoryBytes: init.memoryBytes ?? runnerMemoryLimit(spec),
+    pids: init.pids ?? 256,
+    tmpfsBytes: init.tmpfsBytes ?? 64 * MiB,
+  }
+}
+
+/** Starts one trivial process in the sandbox: a missing or broken sandbox fails here, at start. */
+async function selfTest(sandbox: Sandbox): Promise<void> {
+  const { child, exited } = sandbox.spawn({ argv: [process.execPath, '-e', 'process.exit(0)'] })
+  let stderr = ''
+  child.stderr.on('data', (d) => {
+    stderr += d
+  })
+  child.stdin.end()
+  const timer = setTimeout(() => child.kill('SIGKILL'), 15_000)
+  const exit = await exited
+  clearTimeout(timer)
+  if (exit.code !== 0) {
+    const why = exit.signal ?? `exit code ${exit.code}`
+    throw new Error(`a test process in the sandbox failed (${why}): ${stderr.trim().slice(-500)}`)
+  }
+}
+
+async function bwrapSpawner(
+  init: RunnerSpawnerInit,
+  runnerUser: RunnerUser | undefined,
+): Promise<RunnerSpawner> {
+  // One sandbox per limit set: the memory ceiling differs per model, the rest is shared.
+  const base = { runnerUser, pids: init.pids ?? 256, tmpfsBytes: init.tmpfsBytes ?? 64 * MiB }
+  const probe = createSandbox({ ...base, memoryBytes: 256 * MiB })
+  await selfTest(probe)
+  const limits = new Map<ChildProcessWithoutNullStreams, number>()
+  const sandboxes = new Map<number, Sandbox>()
+  return {
+    spawn(spec) {
+      const { memoryBytes } = limitsFor(init, spec)
+      let sandbox = sandboxes.get(memoryBytes)
+      if (sandbox === undefined) {
+        sandbox = createSandbox({ ...base, memoryBytes, cgroups: probe.cgroups })
+        sandboxes.set(memoryBytes, sandbox)
+      }
+      const { child } = sandbox.spawn({
+        argv: [process.execPath, runnerEntry],
+        modelPath: spec.modelPath,
+        cpus: cpuQuota(spec.threads),
+      })
+      limits.set(child, memoryBytes)
+      return child
+    },
+    modelPathInside: () => SANDBOX_MODEL_PATH,
+    async exitReason(child) {
+      const exit = await sandboxExit(child)
+      const limit = limits.get(child)
+      limits.delete(child)
+      if (exit?.oomKilled !== true) return undefined
+      return `killed: out of memory (limit ${formatBytes(limit ?? 0)})`
+    },
+    describe: () => ({
+      requested: 'bwrap',
+      active: 'bwrap',
+      enforced: true,
+      ...(runnerUser !== undefined && { runnerUser: runnerUser.name }),
+    }),
+  }
+}
+
+async function gvisorSpawner(
+  init: RunnerSpawnerInit,
+  runnerUser: RunnerUser | undefined,
+): Promise<RunnerSpawner> {
+  const sandbox = await createGvisorSandbox({ runnerUser })
+  const limits = new Map<ChildProcessWithoutNullStreams, number>()
+  return {
+    spawn(spec) {
+      const { memoryBytes, pids, tmpfsBytes } = limitsFor(init, spec)
+      const { child } = sandbox.spawn({
+        argv: [process.execPath, runnerEntry],
+        modelPath: spec.modelPath,
+        cpus: cpuQuota(spec.threads),
+        memoryBytes,
+        pids,
+        tmpfsBytes,
+      })
+      limits.set(child, memoryBytes)
+      return child
+    },
+    modelPathInside: () => GVISOR_MODEL_PATH,
+    async exitReason(child) {
+      const exit = await sandbox.exited(child)
+      const limit = limits.get(child)
+      limits.delete(child)
+      if (exit?.oomKilled !== true) return undefined
+      return `killed: out of memory (limit ${formatBytes(limit ?? 0)})`
+    },
+    describe: () => ({
+      requested: 'gvisor',
+      active: 'gvisor',
+      enforced: true,
+      ...(runnerUser !== undefined && { runnerUser: runnerUser.name }),
+    }),
+  }
+}
