@@ -14,6 +14,7 @@ type Loader = () => Promise<Record<string, Command>>
 const models: Loader = async () => (await import('./commands-models.ts')).commands
 const runner: Loader = async () => (await import('./commands-run.ts')).commands
 const node: Loader = async () => (await import('./commands-node.ts')).commands
+const doctor: Loader = async () => (await import('./commands-doctor.ts')).commands
 
 /** Every command, its one-line summary and where it lives; the order is the help's. */
 export const commandIndex: Record<string, { summary: string; load: Loader }> = {
@@ -30,6 +31,7 @@ export const commandIndex: Record<string, { summary: string; load: Loader }> = {
   id: { summary: "Show this node's identity", load: node },
   config: { summary: "Show the daemon's configuration and where each value came from", load: node },
   version: { summary: "Show the CLI's and the daemon's version", load: node },
+  doctor: { summary: 'Show which sandbox layers this host really enforces for runners', load: doctor },
 }
 const aliases: Record<string, string> = { ls: 'list' }
 

@@ -11,7 +11,7 @@
 
 import { type ChildProcessWithoutNullStreams, execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -96,7 +96,10 @@ export async function createGvisorSandbox(init: { runnerUser?: RunnerUser }): Pr
   const runsc: string = found
   const setpriv = findTool('setpriv')
   const cgroups = detectCgroups()
-  const stateRoot = mkdtempSync(join(tmpdir(), 'substrate-runsc-'))
+  // one state directory per host user, shared by daemons (container ids are unique); each
+  // runner's bundle and state are removed when it exits
+  const stateRoot = join(tmpdir(), `substrate-runsc-${process.getuid?.() ?? 0}`)
+  mkdirSync(stateRoot, { recursive: true, mode: 0o700 })
   const flags = runscFlags(stateRoot)
   // a sandbox that cannot start fails here, with runsc's own words
   try {

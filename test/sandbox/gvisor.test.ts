@@ -1,0 +1,66 @@
+// The gvisor backend runs the real runner: runsc (ptrace platform, no network) starts it
+// from a generated OCI bundle, it loads the one model it is given and answers a chat.
+
+import assert from 'node:assert/strict'
+import { readFileSync, rmSync } from 'node:fs'
+import { join } from 'node:path'
+import { after, before, it } from 'node:test'
+import { silentLogger } from '../../src/logger.ts'
+import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
+import type { ModelRecord } from '../../src/models/types.ts'
+import { createRuntime } from '../../src/runtime/runtime.ts'
+import { findTool } from '../../src/sandbox/bwrap.ts'
+import { createRunnerSpawner } from '../../src/sandbox/select.ts'
+import { tempHome } from '../helpers/node.ts'
+
+let home: string
+before(() => {
+  assert.ok(findTool('runsc'), 'gVisor is not installed: run `apt-get install -y runsc` as root')
+  home = tempHome('substrate-gvisor-')
+})
+after(() => rmSync(home, { recursive: true, force: true }))
+
+it('runs the real runner under gVisor and answers a chat', { timeout: 120_000 }, async () => {
+  const path = join(home, 'tiny.gguf')
+  await writeTinyModel(path)
+  const model: ModelRecord = {
+    name: 'tiny:latest',
+    digest: `sha256:${'ef'.repeat(32)}`,
+    size: readFileSync(path).length,
+    path,
+    modifiedAt: new Date(0).toISOString(),
+    details: {
+      format: 'gguf',
+      architecture: 'llama',
+      family: 'llama',
+      parameterCount: 0,
+      parameterSize: '0',
+      quantization: 'F32',
+      contextLength: 4096,
+      chatTemplate: undefined,
+    },
+  }
+  const launcher = await createRunnerSpawner({ logger: silentLogger }, { backend: 'gvisor' })
+  assert.deepEqual(
+    { active: launcher.describe().active, enforced: launcher.describe().enforced },
+    { active: 'gvisor', enforced: true },
+    JSON.stringify(launcher.describe()),
+  )
+  const runtime = createRuntime(
+    { logger: silentLogger },
+    { launcher, threads: 1, parallel: 1, contextSize: 512, keepAliveMs: 60_000, maxLoadedModels: 1 },
+  )
+  try {
+    let text = ''
+    for await (const ev of runtime.generate({
+      model,
+      mode: 'chat',
+      messages: [{ role: 'user', content: 'hi' }],
+      options: {},
+    }))
+      if (ev.type === 'token') text += ev.text
+    assert.equal(text.trim(), TINY_ANSWER)
+  } finally {
+    await runtime.stop()
+  }
+})
