@@ -34,7 +34,18 @@ export type RequesterFrame = z.infer<typeof requesterFrameSchema>
 export const workerFrameSchema = z.discriminatedUnion('t', [
   z.strictObject({ t: z.literal('accept'), job: z.string().max(128) }),
   z.strictObject({ t: z.literal('refuse'), ...errorFields }),
-  z.strictObject({ t: z.literal('token'), text: z.string().max(16 * KiB) }),
+  // n: how many tokens the text holds (optional, from older workers absent), so a requester
+  // that fails over mid-stream knows how many tokens it already has.
+  z.strictObject({
+    t: z.literal('token'),
+    text: z.string().max(16 * KiB),
+    n: z
+      .number()
+      .int()
+      .min(0)
+      .max(16 * KiB)
+      .optional(),
+  }),
   z.strictObject({ t: z.literal('done'), stats: generationStatsSchema, receipt: bytesSchema }),
   z.strictObject({ t: z.literal('error'), ...errorFields }),
 ])

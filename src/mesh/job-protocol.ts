@@ -3,6 +3,7 @@
 // job-requester.ts, its frames in job-codec.ts and its signed records in job-records.ts;
 // this is the one object the composition root wires.
 
+import type { SubstrateError } from '../errors.ts'
 import type { ReplayGuard } from '../identity/envelope.ts'
 import type { Identity } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
@@ -26,6 +27,8 @@ export interface JobProtocolComponents {
   runJob: RunJob
   /** Defaults to an in-memory guard; the daemon may pass one backed by SQLite. */
   replay?: ReplayGuard
+  /** Why this node serves no jobs at all right now, or undefined when it does. */
+  refusal?: () => SubstrateError | undefined
 }
 
 export type JobProtocolInit = JobWorkerInit & JobRequesterInit

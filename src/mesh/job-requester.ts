@@ -44,7 +44,8 @@ export interface JobRequestOptions {
 }
 
 export type MeshJobEvent =
-  | { type: 'token'; text: string }
+  /** tokens: how many tokens the text holds, when the worker says. */
+  | { type: 'token'; text: string; tokens?: number }
   | {
       type: 'done'
       stats: GenerationStats
@@ -53,6 +54,8 @@ export type MeshJobEvent =
       worker: string
       job: string
       receipt: CountersignedReceipt
+      /** Set when this worker continued after another failed mid-stream: tokens it took over. */
+      resumedAfterTokens?: number
     }
 
 export interface MeshJobResult {
@@ -154,7 +157,9 @@ export function createJobRequester(
               `worker ${worker} sent more output than ${maxTokens} tokens can hold`,
             )
           }
-          yield { type: 'token', text: frame.text }
+          yield frame.n === undefined
+            ? { type: 'token', text: frame.text }
+            : { type: 'token', text: frame.text, tokens: frame.n }
         } else if (frame.t === 'done') {
           const workerReceipt = verifyWorkerReceipt(frame.receipt, {
             worker,

@@ -57,6 +57,8 @@ export interface JobWorkerComponents {
   hasModel(digest: string): boolean
   runJob: RunJob
   replay?: ReplayGuard
+  /** Why this node serves no jobs at all right now (e.g. no sandbox), or undefined when it does. */
+  refusal?: () => SubstrateError | undefined
 }
 
 export interface JobWorkerInit {
@@ -130,6 +132,11 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
       )
       return undefined
     }
+    const refusal = components.refusal?.()
+    if (refusal !== undefined) {
+      await refuse(ch, refusal, false)
+      return undefined
+    }
     try {
       const envelope = verifyManifest(frame.manifest, remote, { replay })
       if (!components.hasModel(envelope.payload.model)) {
@@ -196,11 +203,14 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
     }
     let text = ''
     let stats: GenerationStats | undefined
-    const tokens = createTokenBatcher((chunk) => ch.write({ t: 'token', text: chunk }, writeTimeoutMs), {
-      maxFrameChars: 8 * 1024,
-      maxPendingChars: 64 * 1024,
-      windowMs: tokenWindowMs,
-    })
+    const tokens = createTokenBatcher(
+      (chunk, n) => ch.write({ t: 'token', text: chunk, n }, writeTimeoutMs),
+      {
+        maxFrameChars: 8 * 1024,
+        maxPendingChars: 64 * 1024,
+        windowMs: tokenWindowMs,
+      },
+    )
     const it = components.runJob(capped, signal)[Symbol.asyncIterator]()
     try {
       for (let r = await nextEvent(it, signal); r.done !== true; r = await nextEvent(it, signal)) {

@@ -2,8 +2,8 @@
 // host, capacity gossip, model providers and the job protocol from the daemon's identity,
 // model store and runtime, and derives this node's capacity record from them. `generate`
 // runs a job on the best peer that will take it, moving on when a peer refuses or is
-// unreachable before the first token; failover after the first token (prefix continuation)
-// is the scheduler's, later.
+// unreachable before the first token, and when one dies mid-stream it resumes on the next
+// with what was already received (prefix continuation, see continuation.ts).
 
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import type { ReplayGuard } from '../identity/envelope.ts'
@@ -14,6 +14,7 @@ import type { ModelStore } from '../models/types.ts'
 import type { Runtime } from '../runtime/runtime.ts'
 import { type CapacityGossip, type CapacityGossipInit, createCapacityGossip } from './capacity-gossip.ts'
 import type { CapacitySnapshot } from './capacity-record.ts'
+import { continuation } from './continuation.ts'
 import {
   createJobProtocol,
   type JobProtocol,
@@ -41,6 +42,12 @@ export interface MeshInit {
   jobs?: JobProtocolInit
   /** Announce held models in the DHT (on start and on `modelsChanged`). */
   provideModels?: boolean
+  /**
+   * Set (to the reason) when this node must serve no jobs, e.g. its runners are not
+   * sandboxed: it then offers no models and no slots, refuses any manifest with
+   * E_SANDBOX_UNAVAILABLE, and can still send its own jobs to peers.
+   */
+  refuseJobs?: string
 }
 
 export interface Mesh {
@@ -101,16 +108,25 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
         modelByDigest: (digest) => components.models.list().find((m) => m.digest === digest),
       }),
       ...(components.replay === undefined ? {} : { replay: components.replay }),
+      ...(init.refuseJobs === undefined
+        ? {}
+        : {
+            refusal: () =>
+              new SubstrateError(
+                'E_SANDBOX_UNAVAILABLE',
+                `this node serves no mesh jobs: ${init.refuseJobs}`,
+              ),
+          }),
     },
     { ...init.jobs, maxConcurrentJobs },
   )
+  const serving = init.refuseJobs === undefined
   const snapshot = (): CapacitySnapshot => ({
-    models: components.models
-      .list()
+    models: (serving ? components.models.list() : [])
       .slice(0, 64)
       .map((m) => ({ digest: m.digest, name: m.name.slice(0, 128) })),
     loaded: [...new Set(components.runtime.ps().map((m) => m.digest))].slice(0, 16),
-    freeSlots: Math.max(0, maxConcurrentJobs - jobs.activeJobs()),
+    freeSlots: serving ? Math.max(0, maxConcurrentJobs - jobs.activeJobs()) : 0,
     tokensPerSecond: Math.round(tokensPerSecond * 10) / 10,
     // Jobs are admitted or refused, never queued, so nothing waits here yet.
     queueDepth: 0,
@@ -122,7 +138,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
   const providers = createModelProviders({ mesh: node, logger: components.logger })
 
   const provideAll = () => {
-    if (init.provideModels !== true) return
+    if (init.provideModels !== true || !serving) return
     for (const m of components.models.list()) {
       providers.provide(m.digest).catch((err: unknown) => {
         log.debug('model announcement failed', { digest: m.digest, error: toSubstrateError(err).message })
@@ -171,21 +187,41 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
   ): AsyncGenerator<MeshJobEvent> {
     const tried = new Set<string>()
     let lastError: SubstrateError | undefined
+    // What earlier workers streamed before they failed: the next one continues from it.
+    let received = ''
+    let receivedTokens = 0
     for (;;) {
       const worker = pickWorkers(capacity.view(), request.model, { exclude: tried })[0]
       if (worker === undefined) break
       tried.add(worker)
-      let started = false
+      const attempt = received === '' ? request : continuation(request, received, receivedTokens)
+      if (attempt === undefined) break
+      const tokensBefore = receivedTokens
       try {
-        for await (const ev of jobs.stream(worker, request, options)) {
-          started = true
-          yield ev
+        for await (const ev of jobs.stream(worker, attempt, options)) {
+          if (ev.type === 'token') {
+            received += ev.text
+            // A worker that does not count tokens is taken at one per frame: an undercount,
+            // so the continuation may run a few tokens long, never short.
+            receivedTokens += ev.tokens ?? 1
+            yield ev
+          } else {
+            const stats = { ...ev.stats, outputTokens: ev.stats.outputTokens + tokensBefore }
+            yield { ...ev, stats, ...(tokensBefore > 0 ? { resumedAfterTokens: tokensBefore } : {}) }
+          }
         }
         return
       } catch (err) {
         const error = toSubstrateError(err)
-        if (started || !RETRYABLE.has(error.code) || options.signal?.aborted === true) throw error
-        log.info('worker did not take the job; trying the next', { worker, code: error.code })
+        if (!RETRYABLE.has(error.code) || options.signal?.aborted === true) throw error
+        if (received === '')
+          log.info('worker did not take the job; trying the next', { worker, code: error.code })
+        else
+          log.warn('worker failed mid-stream; continuing on the next', {
+            worker,
+            code: error.code,
+            receivedTokens,
+          })
         lastError = error
       }
     }

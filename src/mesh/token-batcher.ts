@@ -5,7 +5,7 @@
 // this kind of machine, so a fast model sending one frame per token paid for it in speed.
 
 export interface TokenBatcher {
-  /** Queues text; resolves at once unless too much is waiting (that wait is the backpressure). */
+  /** Queues one token's text; resolves at once unless too much is waiting (that wait is the backpressure). */
   push(text: string): Promise<void>
   /** Resolves when everything queued was sent; rejects with the first send error. */
   flush(): Promise<void>
@@ -28,10 +28,12 @@ function cutAt(text: string, max: number): number {
 }
 
 export function createTokenBatcher(
-  send: (text: string) => Promise<void>,
+  /** `tokens`: how many pushes the text holds (all of them go with the first frame of a cut batch). */
+  send: (text: string, tokens: number) => Promise<void>,
   init: TokenBatcherInit,
 ): TokenBatcher {
   let pending = ''
+  let pendingTokens = 0
   let pump: Promise<void> | undefined
   let failure: unknown
   let failed = false
@@ -46,7 +48,9 @@ export function createTokenBatcher(
       const cut = cutAt(pending, init.maxFrameChars)
       const text = pending.slice(0, cut)
       pending = pending.slice(cut)
-      await send(text)
+      const tokens = pendingTokens
+      pendingTokens = 0
+      await send(text, tokens)
     }
   }
   const start = () => {
@@ -72,6 +76,7 @@ export function createTokenBatcher(
     async push(text) {
       check()
       pending += text
+      pendingTokens++
       start()
       while (pending.length > init.maxPendingChars && pump !== undefined) await pump
       check()

@@ -1,0 +1,46 @@
+// Round-trip times to the peers in the capacity view, measured with libp2p ping every few
+// seconds, for `substrate peers` (and for ranking workers by latency). Only peers we are
+// already connected to are pinged: measuring must never dial half the mesh.
+
+import { peerIdFromString } from '@libp2p/peer-id'
+import type { CapacityGossip } from './capacity-gossip.ts'
+import type { MeshNode } from './libp2p-node.ts'
+
+export interface PeerLatency {
+  start(): void
+  stop(): void
+  /** Last measured round trip to `peer` in ms, or undefined when not measured (yet). */
+  latencyMs(peer: string): number | undefined
+}
+
+export function createPeerLatency(
+  components: { mesh: MeshNode; capacity: Pick<CapacityGossip, 'view'> },
+  init: { intervalMs?: number } = {},
+): PeerLatency {
+  const rtts = new Map<string, number>()
+  let timer: NodeJS.Timeout | undefined
+  const measure = () => {
+    const libp2p = components.mesh.libp2p
+    const inView = new Set(components.capacity.view().map((e) => e.peer))
+    for (const peer of rtts.keys()) if (!inView.has(peer)) rtts.delete(peer)
+    for (const peer of inView) {
+      const id = peerIdFromString(peer)
+      if (libp2p.getConnections(id).length === 0) continue
+      libp2p.services.ping
+        .ping(id, { signal: AbortSignal.timeout(5_000) })
+        .then((ms) => rtts.set(peer, ms))
+        .catch(() => rtts.delete(peer))
+    }
+  }
+  return {
+    start() {
+      timer = setInterval(measure, init.intervalMs ?? 5_000)
+      timer.unref()
+      setTimeout(measure, 500).unref()
+    },
+    stop() {
+      clearInterval(timer)
+    },
+    latencyMs: (peer) => rtts.get(peer),
+  }
+}
