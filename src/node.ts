@@ -5,11 +5,15 @@
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { routesFor } from './api/routes.ts'
+import type { MeshRouteComponents } from './api/routes-mesh.ts'
 import { type ApiServer, createApiServer } from './api/server.ts'
 import type { Config } from './config/schema.ts'
 import { checkFits, detectHardware, estimateModelMemory, type HardwareInfo } from './hardware/detect.ts'
 import { type Identity, loadOrCreateIdentity } from './identity/keys.ts'
 import { createLogger, type Logger } from './logger.ts'
+import type { CountersignedReceipt } from './mesh/job-protocol.ts'
+import { createMesh, type Mesh } from './mesh/mesh.ts'
+import { createPeerLatency } from './mesh/peer-latency.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
 import { createRuntime, type Runtime } from './runtime/runtime.ts'
@@ -26,6 +30,8 @@ export interface SubstrateNode {
   /** the runner sandbox really in force; `enforced: false` means local requests only */
   readonly sandbox: SandboxStatus
   readonly api: ApiServer
+  /** undefined when mesh.enabled is false */
+  readonly mesh: Mesh | undefined
   /** resolves when stop() has finished (e.g. after a shutdown request) */
   readonly stopped: Promise<void>
   stop(): Promise<void>
@@ -57,8 +63,6 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       hardware = await detectHardware({ home: config.home, probeGpu: false })
       return hardware
     }
-    // TODO(mesh): when the mesh is wired here, it must refuse remote jobs while
-    // sandbox.enforced is false (issue 6: an unsandboxed node serves local requests only)
     const runners = await createRunnerSpawner({ logger }, { backend: config.sandbox.backend })
     const sandbox = runners.describe()
     const runtime = createRuntime(
@@ -82,6 +86,48 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       },
     )
     cleanup.unshift(() => runtime.stop())
+
+    // The mesh after the runtime it serves jobs from, stopped before it (cleanup runs front first).
+    // An unsandboxed node still asks peers, but serves no one (issue 6).
+    let mesh: Mesh | undefined
+    let meshInfo: MeshRouteComponents['mesh']
+    const receipts: Array<{ role: 'worker' | 'requester'; receipt: CountersignedReceipt }> = []
+    const keepReceipt = (role: 'worker' | 'requester', receipt: CountersignedReceipt) => {
+      // Kept in memory until the ledger stores them; enough for `substrate` users to look.
+      receipts.push({ role, receipt })
+      if (receipts.length > 100) receipts.shift()
+    }
+    if (config.mesh.enabled) {
+      mesh = await createMesh(
+        { identity, logger, models, runtime },
+        {
+          node: { listen: config.mesh.listen, bootstrap: config.mesh.bootstrap, mdns: config.mesh.mdns },
+          jobs: { maxConcurrentJobs: config.mesh.jobSlots },
+          provideModels: true,
+          ...(sandbox.enforced
+            ? {}
+            : { refuseJobs: `its runners are not sandboxed (${sandbox.reason ?? 'see substrate doctor'})` }),
+        },
+      )
+      await mesh.start()
+      const started = mesh
+      cleanup.unshift(() => started.stop())
+      const measured = createPeerLatency({ mesh: mesh.node, capacity: mesh.capacity })
+      measured.start()
+      meshInfo = {
+        peerId: started.node.peerId,
+        multiaddrs: () => started.node.multiaddrs(),
+        view: () => started.capacity.view(),
+        latencyMs: (peer) => measured.latencyMs(peer),
+      }
+      cleanup.unshift(() => measured.stop())
+      const offModels = models.onChange?.(() => started.modelsChanged())
+      cleanup.unshift(() => offModels?.())
+      const offJobEnd = mesh.jobs.onJobEnd((o) => {
+        if (o.receipt !== undefined) keepReceipt('worker', o.receipt)
+      })
+      cleanup.unshift(offJobEnd)
+    }
 
     let resolveStopped!: () => void
     const stopped = new Promise<void>((resolve) => {
@@ -112,6 +158,12 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
           runtime,
           sandbox,
           hardware: refreshHardware,
+          parallel: config.runtime.parallel,
+          mesh,
+          meshInfo,
+          ...(meshInfo === undefined ? {} : { meshAddrs: meshInfo.multiaddrs }),
+          onReceipt: (served) => keepReceipt('requester', served.receipt),
+          recentReceipts: () => [...receipts],
           describeConfig: options.describeConfig ?? (() => []),
           requestShutdown: () => setImmediate(() => void stop()),
         }),
@@ -120,7 +172,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     )
     await api.start()
     cleanup.unshift(() => api.stop())
-    return { config, logger, identity, db, models, runtime, sandbox, api, stopped, stop }
+    return { config, logger, identity, db, models, runtime, sandbox, api, mesh, stopped, stop }
   } catch (err) {
     for (const step of cleanup) await step()
     throw err

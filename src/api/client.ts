@@ -15,6 +15,7 @@ import type {
   OllamaModelDetails,
   OllamaPsModel,
   OllamaTagsModel,
+  PeersResponse,
 } from './types.ts'
 
 export interface ClientInit {
@@ -61,6 +62,8 @@ export interface StatusResponse {
   id: string
   pid: number
   home: string
+  /** the mesh listen addresses (each with /p2p/<id>); null when the mesh is off */
+  mesh?: { addrs: string[] } | null
 }
 export interface ConfigEntry {
   key: string
@@ -290,6 +293,7 @@ export function createClient(init: ClientInit) {
     info: (call?: Call) => json<HardwareInfo>('GET', '/substrate/v1/info', undefined, call),
     config: (call?: Call) => json<{ entries: ConfigEntry[] }>('GET', '/substrate/v1/config', undefined, call),
     doctor: (call?: Call) => json<DoctorReport>('GET', '/substrate/v1/doctor', undefined, call),
+    peers: (call?: Call) => json<PeersResponse>('GET', '/substrate/v1/peers', undefined, call),
     runners: (call?: Call) =>
       json<{ runners: RunnerInfo[] }>('GET', '/substrate/v1/runners', undefined, call),
     /** `path` is read by the daemon, so it must be absolute (the daemon's cwd is not ours). */

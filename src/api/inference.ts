@@ -1,10 +1,14 @@
 // The one path from an API request to generated tokens, shared by the Ollama and OpenAI
-// routes (and later the mesh): validate the sampling options, resolve the model, run it.
+// routes: validate the sampling options, resolve the model, run it — here when this node
+// holds the model, on the mesh when it does not (or when every local sequence is busy and a
+// peer has the model loaded). Both give the same event stream, so the routes never know.
 
-import { SubstrateError } from '../errors.ts'
-import type { ModelStore } from '../models/types.ts'
-import type { SamplingOptions } from '../runtime/protocol.ts'
-import type { GenerateRequest, Runtime, RuntimeEvent } from '../runtime/runtime.ts'
+import { SubstrateError, toSubstrateError } from '../errors.ts'
+import type { CountersignedReceipt } from '../mesh/job-protocol.ts'
+import type { Mesh, RemoteModel } from '../mesh/mesh.ts'
+import type { ModelRecord, ModelStore } from '../models/types.ts'
+import type { GenerationStats, SamplingOptions } from '../runtime/protocol.ts'
+import type { GenerateRequest, Runtime } from '../runtime/runtime.ts'
 import type { OllamaOptions } from './types.ts'
 
 /** Above this a token limit is a mistake, not a wish: no context is that long. */
@@ -13,9 +17,54 @@ export const MAX_PREDICT = 1_048_576
 /** A runtime request that names its model instead of holding the resolved record. */
 export type InferenceRequest = Omit<GenerateRequest, 'model'> & { model: string }
 
+/** The most output tokens a mesh job may ask for (the manifest's limit). */
+export const MESH_MAX_TOKENS = 1_000_000
+
+/** Who served a mesh job, and the receipt both sides signed. */
+export interface MeshServed {
+  worker: string
+  job: string
+  receipt: CountersignedReceipt
+  /** Set when the worker took over mid-stream from one that failed. */
+  resumedAfterTokens?: number
+}
+
+export type InferenceEvent =
+  | { type: 'token'; text: string }
+  | { type: 'done'; stats: GenerationStats; loadMs: number; totalMs: number; mesh?: MeshServed }
+
 export interface InferenceComponents {
   models: ModelStore
   runtime: Runtime
+  /** Absent when the mesh is off: then only local models answer. */
+  mesh?: Pick<Mesh, 'findRemoteModel' | 'remoteModels' | 'generate' | 'capacity'> | undefined
+  /** Sequences per loaded model (runtime.parallel): all in use means local capacity is busy. */
+  parallel?: number
+  /** Called with each receipt of a job this node asked the mesh for. */
+  onReceipt?: (served: MeshServed) => void
+}
+
+export type Located = { local: ModelRecord } | { remote: RemoteModel }
+
+/**
+ * Where a model name can run: this node's store first (which also makes built-in models),
+ * then the models peers advertise. Throws E_MODEL_NOT_FOUND naming both places.
+ */
+export async function locateModel(c: InferenceComponents, name: string): Promise<Located> {
+  try {
+    return { local: await c.models.resolve(name) }
+  } catch (err) {
+    const error = toSubstrateError(err)
+    if (error.code !== 'E_MODEL_NOT_FOUND' || c.mesh === undefined) throw err
+    const remote = c.mesh.findRemoteModel(name)
+    if (remote !== undefined) return { remote }
+    const peers = c.mesh.capacity.view().length
+    throw new SubstrateError(
+      'E_MODEL_NOT_FOUND',
+      `model '${name}' is not on this node, and none of the ${peers} peer${peers === 1 ? '' : 's'} in the mesh offers it`,
+      { hint: "pull or import it here ('substrate pull'), or see what peers offer with 'substrate peers'" },
+    )
+  }
 }
 
 /** Ollama's num_predict: -1 (and -2, "fill the context") mean no limit; 0 means no tokens. */
@@ -51,11 +100,8 @@ export function samplingFromOllama(options: OllamaOptions | undefined): Sampling
   }
 }
 
-export async function* infer(
-  components: InferenceComponents,
-  req: InferenceRequest,
-): AsyncGenerator<RuntimeEvent> {
-  const model = await components.models.resolve(req.model)
+export async function* infer(c: InferenceComponents, req: InferenceRequest): AsyncGenerator<InferenceEvent> {
+  const where = await locateModel(c, req.model)
   if (req.options.maxTokens === 0) {
     yield {
       type: 'done',
@@ -65,5 +111,82 @@ export async function* infer(
     }
     return
   }
-  yield* components.runtime.generate({ ...req, model })
+  if ('remote' in where) {
+    yield* inferOnMesh(c, where.remote, req)
+    return
+  }
+  const model = where.local
+  // Every local sequence busy and a peer has the model loaded: it answers sooner than our queue.
+  // Only "loaded" counts, so we never trade a short wait here for a model load there.
+  const peer = localIsBusy(c, model) ? c.mesh?.findRemoteModel(model.digest) : undefined
+  if (peer !== undefined && peer.loadedOn.length > 0) {
+    let started = false
+    try {
+      for await (const ev of inferOnMesh(c, peer, req)) {
+        started = true
+        yield ev
+      }
+      return
+    } catch (err) {
+      // No peer took it after all: wait for a local sequence as we would have.
+      if (started || req.signal?.aborted === true) throw err
+    }
+  }
+  yield* c.runtime.generate({ ...req, model })
+}
+
+function localIsBusy(c: InferenceComponents, model: ModelRecord): boolean {
+  if (c.mesh === undefined || c.parallel === undefined) return false
+  const runners = c.runtime.ps().filter((p) => p.digest === model.digest)
+  return runners.length > 0 && runners.every((r) => r.active >= c.parallel!)
+}
+
+async function* inferOnMesh(
+  c: InferenceComponents,
+  remote: RemoteModel,
+  req: InferenceRequest,
+): AsyncGenerator<InferenceEvent> {
+  const mesh = c.mesh!
+  const started = performance.now()
+  const maxTokens = Math.min(req.options.maxTokens ?? MESH_MAX_TOKENS, MESH_MAX_TOKENS)
+  const events = mesh.generate(
+    {
+      model: remote.digest,
+      mode: req.mode,
+      prompt: req.prompt,
+      messages: req.messages,
+      options: req.options,
+      maxTokens,
+    },
+    req.signal === undefined ? {} : { signal: req.signal },
+  )
+  try {
+    for await (const ev of events) {
+      if (ev.type === 'token') {
+        yield { type: 'token', text: ev.text }
+        continue
+      }
+      const served: MeshServed = { worker: ev.worker, job: ev.job, receipt: ev.receipt }
+      if (ev.resumedAfterTokens !== undefined) served.resumedAfterTokens = ev.resumedAfterTokens
+      c.onReceipt?.(served)
+      yield {
+        type: 'done',
+        stats: ev.stats,
+        loadMs: ev.loadMs,
+        totalMs: performance.now() - started,
+        mesh: served,
+      }
+    }
+  } catch (err) {
+    const error = toSubstrateError(err)
+    if (error.code !== 'E_MODEL_NOT_FOUND') throw error
+    throw new SubstrateError(
+      'E_MODEL_NOT_FOUND',
+      `model '${req.model}' is not on this node, and the peers that offered it refused: ${error.message}`,
+      {
+        hint: "pull or import it here ('substrate pull'), or see what peers offer with 'substrate peers'",
+        cause: err,
+      },
+    )
+  }
 }

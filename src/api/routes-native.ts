@@ -26,6 +26,8 @@ export interface NativeRouteComponents {
   describeConfig: () => Array<{ key: string; value: unknown; source: string }>
   /** asks the daemon to shut down after answering */
   requestShutdown: () => void
+  /** the mesh listen addresses (with /p2p/<id>) for others to bootstrap to; absent when off */
+  meshAddrs?: () => string[]
 }
 
 const importSchema = z.object({
@@ -41,7 +43,13 @@ export function nativeRoutes(c: NativeRouteComponents): Route[] {
       method: 'GET',
       path: '/substrate/v1/status',
       handler: async (_req, res) =>
-        sendJson(res, 200, { version: VERSION, id: c.identity.id, pid: process.pid, home: c.config.home }),
+        sendJson(res, 200, {
+          version: VERSION,
+          id: c.identity.id,
+          pid: process.pid,
+          home: c.config.home,
+          mesh: c.meshAddrs === undefined ? null : { addrs: c.meshAddrs() },
+        }),
     },
     {
       method: 'GET',

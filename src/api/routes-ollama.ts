@@ -4,13 +4,19 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { parseDuration } from '../config/schema.ts'
 import { SubstrateError } from '../errors.ts'
-import type { ModelRecord, ModelStore } from '../models/types.ts'
+import type { ModelRecord } from '../models/types.ts'
 import type { ChatMessage, GenerationStats } from '../runtime/protocol.ts'
-import type { Runtime } from '../runtime/runtime.ts'
 import { VERSION } from '../version.ts'
 import { createStreamWriter, disconnectSignal, readJson, sendJson } from './http.ts'
-import { infer, samplingFromOllama } from './inference.ts'
+import {
+  type InferenceComponents,
+  infer,
+  locateModel,
+  type MeshServed,
+  samplingFromOllama,
+} from './inference.ts'
 import type { Route } from './router.ts'
+import { servedJson } from './routes-mesh.ts'
 import {
   chatRequestSchema,
   generateRequestSchema,
@@ -21,12 +27,11 @@ import {
   pullRequestSchema,
 } from './types.ts'
 
-export interface OllamaRouteComponents {
-  models: ModelStore
-  runtime: Runtime
-}
+export type OllamaRouteComponents = InferenceComponents
 
 const ns = (ms: number) => Math.round(ms * 1e6)
+
+const remoteModelsOf = (mesh: NonNullable<InferenceComponents['mesh']>) => mesh.remoteModels()
 
 export function ollamaDetails(m: ModelRecord): OllamaModelDetails {
   return {
@@ -44,8 +49,11 @@ function keepAliveMs(value: string | number | undefined): number | undefined {
   return parseDuration(value)
 }
 
-function finalFields(stats: GenerationStats, loadMs: number, totalMs: number) {
+function finalFields(ev: { stats: GenerationStats; loadMs: number; totalMs: number; mesh?: MeshServed }) {
+  const { stats, loadMs, totalMs } = ev
   return {
+    // A native extension: who served a mesh job and the receipt; Ollama's clients ignore it.
+    ...(ev.mesh === undefined ? {} : { substrate: servedJson(ev.mesh) }),
     done_reason: stats.reason,
     total_duration: ns(totalMs),
     load_duration: ns(loadMs),
@@ -80,7 +88,7 @@ async function respond(
           ...base(),
           ...shape(text),
           done: true,
-          ...finalFields(ev.stats, ev.loadMs, ev.totalMs),
+          ...finalFields(ev),
         })
     }
     return
@@ -92,10 +100,7 @@ async function respond(
     const ev = it.value
     if (ev.type === 'token')
       await out.write(`${JSON.stringify({ ...base(), ...shape(ev.text), done: false })}\n`)
-    else
-      out.end(
-        `${JSON.stringify({ ...base(), ...shape(''), done: true, ...finalFields(ev.stats, ev.loadMs, ev.totalMs) })}\n`,
-      )
+    else out.end(`${JSON.stringify({ ...base(), ...shape(''), done: true, ...finalFields(ev) })}\n`)
   }
 }
 
@@ -106,8 +111,14 @@ async function loadOrUnload(
   keepAlive: number | undefined,
   shape: Shape,
 ) {
-  const model = await c.models.resolve(name)
+  const where = await locateModel(c, name)
   const base = { model: name, created_at: new Date().toISOString(), ...shape('') }
+  // A mesh model loads on whichever peer takes the job; there is nothing to load or unload here.
+  if (!('local' in where)) {
+    sendJson(res, 200, { ...base, done: true, done_reason: keepAlive === 0 ? 'unload' : 'load' })
+    return
+  }
+  const model = where.local
   if (keepAlive === 0) {
     await c.runtime.unload(model.digest)
     sendJson(res, 200, { ...base, done: true, done_reason: 'unload' })
@@ -179,6 +190,30 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
           digest: m.digest.replace(/^sha256:/, ''),
           details: ollamaDetails(m),
         }))
+        // Models only peers hold, marked `remote` (an extension field the official client ignores).
+        const local = new Set(models.map((m) => m.digest))
+        for (const r of c.mesh === undefined ? [] : remoteModelsOf(c.mesh)) {
+          const digest = r.digest.replace(/^sha256:/, '')
+          if (local.has(digest)) continue
+          local.add(digest)
+          models.push({
+            name: r.name,
+            model: r.name,
+            modified_at: new Date(0).toISOString(),
+            size: 0,
+            digest,
+            details: {
+              parent_model: '',
+              format: 'gguf',
+              family: 'remote',
+              families: ['remote'],
+              parameter_size: '',
+              quantization_level: '',
+            },
+            remote: true,
+            peers: r.peers.length,
+          })
+        }
         sendJson(res, 200, { models })
       },
     },

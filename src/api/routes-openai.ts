@@ -4,12 +4,11 @@
 import { randomBytes } from 'node:crypto'
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { SubstrateError } from '../errors.ts'
-import type { ModelStore } from '../models/types.ts'
 import type { ChatMessage, DoneReason, SamplingOptions } from '../runtime/protocol.ts'
-import type { Runtime } from '../runtime/runtime.ts'
 import { createStreamWriter, disconnectSignal, readJson, sendJson } from './http.ts'
-import { infer, MAX_PREDICT } from './inference.ts'
+import { type InferenceComponents, infer, MAX_PREDICT } from './inference.ts'
 import type { Route } from './router.ts'
+import { servedJson } from './routes-mesh.ts'
 import {
   type OpenAIChatRequest,
   type OpenAICompletionRequest,
@@ -17,10 +16,7 @@ import {
   openaiCompletionRequestSchema,
 } from './types.ts'
 
-export interface OpenAIRouteComponents {
-  models: ModelStore
-  runtime: Runtime
-}
+export type OpenAIRouteComponents = InferenceComponents
 
 const finishReason = (r: DoneReason) => (r === 'length' ? 'length' : 'stop')
 
@@ -93,6 +89,7 @@ async function complete(
         object,
         choices: [choice],
         usage: usage(ev.stats.promptTokens, ev.stats.outputTokens),
+        ...(ev.mesh === undefined ? {} : { substrate: servedJson(ev.mesh) }),
       })
     }
     return
@@ -120,7 +117,13 @@ async function complete(
       continue
     }
     await out.write(
-      sse({ ...head, object: chunkObject, choices: [chunk('', finishReason(ev.stats.reason))] }),
+      sse({
+        ...head,
+        object: chunkObject,
+        choices: [chunk('', finishReason(ev.stats.reason))],
+        // Extension: who served a mesh job, and the receipt; OpenAI's clients ignore it.
+        ...(ev.mesh === undefined ? {} : { substrate: servedJson(ev.mesh) }),
+      }),
     )
     if (body.stream_options?.include_usage) {
       await out.write(
@@ -181,7 +184,15 @@ export function openaiRoutes(c: OpenAIRouteComponents): Route[] {
       handler: async (_req, res) => {
         sendJson(res, 200, {
           object: 'list',
-          data: c.models.list().map((m) => modelObject(m.name, m.modifiedAt)),
+          data: [
+            ...c.models.list().map((m) => modelObject(m.name, m.modifiedAt)),
+            ...(c.mesh?.remoteModels() ?? [])
+              .filter((r) => !c.models.list().some((m) => m.digest === r.digest))
+              .map((r) => ({
+                ...modelObject(r.name, new Date(0).toISOString()),
+                owned_by: 'substrate-mesh',
+              })),
+          ],
         })
       },
     },

@@ -1,10 +1,17 @@
 // All routes of the daemon's API, in one list.
 
+import type { InferenceComponents } from './inference.ts'
 import type { Route } from './router.ts'
+import { type MeshRouteComponents, meshRoutes } from './routes-mesh.ts'
 import { type NativeRouteComponents, nativeRoutes } from './routes-native.ts'
 import { ollamaRoutes } from './routes-ollama.ts'
 import { openaiRoutes } from './routes-openai.ts'
 
-export function routesFor(c: NativeRouteComponents): Route[] {
-  return [...ollamaRoutes(c), ...openaiRoutes(c), ...nativeRoutes(c)]
+export type RouteComponents = NativeRouteComponents &
+  InferenceComponents &
+  Omit<MeshRouteComponents, 'mesh'> & { meshInfo?: MeshRouteComponents['mesh'] }
+
+export function routesFor(c: RouteComponents): Route[] {
+  const mesh = meshRoutes({ ...c, mesh: c.meshInfo })
+  return [...ollamaRoutes(c), ...openaiRoutes(c), ...nativeRoutes(c), ...mesh]
 }

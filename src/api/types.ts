@@ -132,6 +132,10 @@ export interface OllamaTagsModel {
   size: number
   digest: string
   details: OllamaModelDetails
+  /** Extension: offered by peers in the mesh, not held on this node. */
+  remote?: boolean
+  /** Extension: how many peers offer a remote model. */
+  peers?: number
 }
 
 export interface OllamaPsModel {
@@ -143,6 +147,29 @@ export interface OllamaPsModel {
   expires_at: string
   size_vram: number
   context_length: number
+}
+
+/** A peer as GET /substrate/v1/peers shows it: its last capacity record and our measurements. */
+export interface PeerInfo {
+  id: string
+  models: Array<{ name: string; digest: string; loaded: boolean }>
+  freeSlots: number
+  /** decode speed the peer measured serving jobs; 0 until it served one */
+  tokensPerSecond: number
+  queueDepth: number
+  /** round trip measured by ping; null when not measured yet */
+  latencyMs: number | null
+  /** when its last capacity record arrived (ISO 8601) */
+  lastSeen: string
+}
+
+export interface PeersResponse {
+  /** false when this node runs with mesh.enabled = false */
+  enabled: boolean
+  id: string | null
+  /** this node's mesh addresses, each with /p2p/<id> */
+  addrs: string[]
+  peers: PeerInfo[]
 }
 
 export interface ErrorBody {

@@ -81,6 +81,10 @@ export function createModelStore(
   const openWritable = init.openWritable ?? openWritableFile
   const blobRelPath = (hex: string) => `blobs/sha256-${hex}`
   const generating = new Map<string, Promise<ModelRecord>>()
+  const changeListeners = new Set<() => void>()
+  const changed = () => {
+    for (const listener of changeListeners) listener()
+  }
   let made: Promise<unknown> | undefined
   const ready = () => {
     made ??= Promise.all([mkdir(blobsDir, { recursive: true }), mkdir(tmpDir, { recursive: true })])
@@ -123,6 +127,7 @@ export function createModelStore(
       })
     })
     if (replaced !== undefined && replaced.digest !== blob.digest) await dropBlobIfUnused(replaced.digest)
+    changed()
     return toRecord(table.getModel(db, name)!)
   }
 
@@ -294,6 +299,7 @@ export function createModelStore(
       if (blobGone) await rm(join(dir, blobRelPath(row.digest.slice('sha256:'.length))), { force: true })
       logger.info('model removed', { name })
     })
+    changed()
   }
 
   /** Brings disk and database back into agreement after a crash. */
@@ -342,6 +348,10 @@ export function createModelStore(
     importFile,
     pull,
     remove,
+    onChange(listener) {
+      changeListeners.add(listener)
+      return () => changeListeners.delete(listener)
+    },
     start,
     stop: async () => {
       await queue

@@ -45,4 +45,6 @@ export interface ModelStore {
     opts: { name?: string; sha256?: string; onProgress?: ProgressListener; signal?: AbortSignal },
   ): Promise<ModelRecord>
   remove(name: string): Promise<void>
+  /** Calls `listener` after a model was added, re-pointed or removed; returns the unsubscribe. */
+  onChange?(listener: () => void): () => void
 }
