@@ -14,6 +14,7 @@ type Loader = () => Promise<Record<string, Command>>
 const models: Loader = async () => (await import('./commands-models.ts')).commands
 const runner: Loader = async () => (await import('./commands-run.ts')).commands
 const node: Loader = async () => (await import('./commands-node.ts')).commands
+const peers: Loader = async () => (await import('./commands-peers.ts')).commands
 const doctor: Loader = async () => (await import('./commands-doctor.ts')).commands
 
 /** Every command, its one-line summary and where it lives; the order is the help's. */
@@ -25,6 +26,7 @@ export const commandIndex: Record<string, { summary: string; load: Loader }> = {
   list: { summary: 'List the models on this node (alias: ls)', load: models },
   show: { summary: "Show a model's details", load: models },
   ps: { summary: 'List the models loaded in memory', load: models },
+  peers: { summary: "Show the mesh's peers: their models, free slots, speed, latency", load: peers },
   stop: { summary: 'Unload a model from memory', load: models },
   rm: { summary: 'Remove a model', load: models },
   info: { summary: "Show this machine's hardware as the daemon sees it", load: node },
