@@ -69,14 +69,38 @@ export function publicKeyFromId(id: string): Uint8Array {
 export function verifySignature(publicKey: Uint8Array, data: Uint8Array, signature: Uint8Array): boolean {
   if (publicKey.length !== PUBLIC_KEY_BYTES) return false
   try {
-    const key = createPublicKey({
-      key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(publicKey).toString('base64url') },
-      format: 'jwk',
-    })
-    return verifyBytes(null, data, key, signature)
+    return verifyBytes(null, data, publicKeyObject(publicKey), signature)
   } catch {
     return false
   }
+}
+
+/** How many parsed public keys `verifySignature` keeps; a key object is a few hundred bytes. */
+export const PUBLIC_KEY_CACHE_ENTRIES = 4096
+
+// Parsing a raw key into a KeyObject costs about a fifth of an Ed25519 verify, and a ledger
+// checks the same few thousand signers over and over. The cache maps the key's bytes to
+// the parsed object only, never to a verdict, so it cannot change what verifies; it is
+// bounded (oldest entry out first) so a flood of fresh keys costs memory once, not forever.
+const publicKeyObjects = new Map<string, KeyObject>()
+
+function publicKeyObject(publicKey: Uint8Array): KeyObject {
+  const x = Buffer.from(publicKey).toString('base64url')
+  let key = publicKeyObjects.get(x)
+  if (key === undefined) {
+    key = createPublicKey({ key: { kty: 'OKP', crv: 'Ed25519', x }, format: 'jwk' })
+    if (publicKeyObjects.size >= PUBLIC_KEY_CACHE_ENTRIES) {
+      const oldest = publicKeyObjects.keys().next().value
+      if (oldest !== undefined) publicKeyObjects.delete(oldest)
+    }
+    publicKeyObjects.set(x, key)
+  }
+  return key
+}
+
+/** How many parsed public keys are cached now: for tests of the bound. */
+export function cachedPublicKeyCount(): number {
+  return publicKeyObjects.size
 }
 
 // The private key stays off the Identity object (so it never leaks through a spread, a log

@@ -68,6 +68,15 @@ export const recordTypes = {
     maxLifetimeMs: HOUR_MS,
     defaultTtlMs: 30 * SECOND_MS,
   },
+  // A node's consent to be bound to a member (nested in the member's node-binding ledger
+  // op): without it a member could claim someone else's node and collect its earnings.
+  'node-binding': {
+    domain: 'substrate/node-binding/1',
+    maxBytes: 1 * KiB,
+    maxSkewMs: DEFAULT_MAX_CLOCK_SKEW_MS,
+    maxLifetimeMs: 24 * HOUR_MS,
+    defaultTtlMs: HOUR_MS,
+  },
 } as const satisfies Record<string, RecordTypeSpec>
 
 export type RecordType = keyof typeof recordTypes

@@ -34,4 +34,43 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX models_by_digest ON models(digest);
     `,
   },
+  {
+    version: 2,
+    name: 'credits ledger',
+    // ledger_ops holds every author's chain; UNIQUE (author, seq) is what turns a second op
+    // at a taken seq into a fork proof instead of a silent overwrite. `facts` is what the
+    // balance fold needs, derived once at ingest so a cold fold never re-parses op bytes.
+    // The rowid is the local arrival order, which checkpoints count through.
+    up: `
+      CREATE TABLE ledger_ops (
+        cid TEXT PRIMARY KEY,
+        author TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        facts TEXT NOT NULL,
+        bytes BLOB NOT NULL,
+        UNIQUE (author, seq)
+      ) STRICT;
+      CREATE TABLE ledger_authors (
+        author TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        head TEXT NOT NULL,
+        head_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE ledger_forks (
+        author TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        first BLOB NOT NULL,
+        second BLOB NOT NULL,
+        detected_at INTEGER NOT NULL
+      ) STRICT;
+      CREATE TABLE ledger_checkpoints (
+        name TEXT PRIMARY KEY,
+        through INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        saved_at INTEGER NOT NULL
+      ) STRICT;
+    `,
+  },
 ]
