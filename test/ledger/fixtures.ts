@@ -74,7 +74,8 @@ export function openLog(now = () => T0 + DAY): { db: Db; log: LedgerLog } {
 
 /**
  * Delivers ops in the given order the way a sync loop would: an op refused for a gap is
- * tried again after the others, until a pass adds nothing.
+ * tried again after the others, until a pass adds nothing. Ops of an equivocating author
+ * that no longer fit (chain, frozen) are dropped, as a node would.
  */
 export function deliver(log: LedgerLog, ops: readonly Uint8Array[]): void {
   let pending = [...ops]
@@ -84,8 +85,10 @@ export function deliver(log: LedgerLog, ops: readonly Uint8Array[]): void {
       try {
         log.ingest(bytes)
       } catch (err) {
-        if ((err as { reason?: string }).reason === 'gap') retry.push(bytes)
-        else if ((err as { reason?: string }).reason !== 'frozen') throw err
+        const reason = (err as { reason?: string }).reason
+        if (reason === 'gap') retry.push(bytes)
+        // The other branch of an equivocating author: refused until its fork shows.
+        else if (reason !== 'frozen' && reason !== 'chain') throw err
       }
     }
     if (retry.length === 0 || retry.length === pending.length) return
