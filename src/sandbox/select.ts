@@ -6,7 +6,7 @@
 
 import type { ChildProcessWithoutNullStreams } from 'node:child_process'
 import { statSync } from 'node:fs'
-import { availableParallelism } from 'node:os'
+import { availableParallelism, constants } from 'node:os'
 import { toSubstrateError } from '../errors.ts'
 import { estimateModelMemory, formatBytes } from '../hardware/detect.ts'
 import type { Logger } from '../logger.ts'
@@ -69,9 +69,15 @@ export function runnerMemoryLimit(spec: RunnerSpawnSpec): number {
   return Math.ceil((estimate * 1.25 + 384 * MiB) / MiB) * MiB
 }
 
-/** CPU quota in cores: the runner's threads, or every core when it picks its own (0). */
-function cpuQuota(threads: number): number {
-  return threads > 0 ? threads : availableParallelism()
+/**
+ * CPU quota in cores: the runner's decode threads plus one for its own event loop, V8 and
+ * I/O (at most every core); every core when it picks its threads itself (0). Measured with
+ * 1 thread: a quota of exactly 1 core left decoding as fast but made the load ~250 ms slower
+ * (1.3 s against 1.05 s), since Node and llama.cpp start on several threads at once.
+ */
+export function cpuQuota(threads: number): number {
+  const cores = availableParallelism()
+  return threads > 0 ? Math.min(cores, threads + 1) : cores
 }
 
 export async function createRunnerSpawner(
@@ -180,8 +186,10 @@ async function bwrapSpawner(
       const exit = await sandboxExit(child)
       const limit = limits.get(child)
       limits.delete(child)
-      if (exit?.oomKilled !== true) return undefined
-      return `killed: out of memory (limit ${formatBytes(limit ?? 0)})`
+      if (exit?.oomKilled === true) return `killed: out of memory (limit ${formatBytes(limit ?? 0)})`
+      // bwrap exits 128 + N when the runner inside died of signal N (an abort in llama.cpp)
+      const signal = signalName((exit?.code ?? 0) - 128)
+      return signal === undefined ? undefined : `killed by ${signal} inside the sandbox`
     },
     describe: () => ({
       requested: 'bwrap',
@@ -190,6 +198,11 @@ async function bwrapSpawner(
       ...(runnerUser !== undefined && { runnerUser: runnerUser.name }),
     }),
   }
+}
+
+function signalName(n: number): string | undefined {
+  if (n <= 0) return undefined
+  return Object.entries(constants.signals).find(([, v]) => v === n)?.[0]
 }
 
 async function gvisorSpawner(

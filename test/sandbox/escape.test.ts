@@ -200,6 +200,27 @@ describe('lifetime', () => {
     assert.deepEqual(sandboxGroups(), before)
   })
 
+  it('leaves nothing running once a stopped job is gone, not even a detached grandchild', async () => {
+    const { child, cgroup, exited } = sandbox.spawn({
+      argv: [process.execPath, PROBE, 'orphan'],
+      readOnlyBinds: [PROBE, PERL],
+    })
+    await new Promise<void>((resolve) => {
+      let out = ''
+      child.stdout.on('data', (d) => {
+        out += d
+        if (out.includes('"orphan"')) resolve()
+      })
+    })
+    const hostPids = (cgroup?.procsFiles ?? []).flatMap((f) =>
+      readFileSync(f, 'utf8').split('\n').filter(Boolean).map(Number),
+    )
+    assert.ok(hostPids.length >= 4, `bwrap, its init, the probe and the orphan: ${hostPids}`)
+    child.kill('SIGKILL') // what stopping a runner that ignores `shutdown` comes to
+    await exited
+    assert.deepEqual(hostPids.filter(alive), [])
+  })
+
   it('kills the sandbox within 2 s when the process that spawned it dies', async () => {
     const script = `
       import { createSandbox } from ${JSON.stringify(join(dirname(PROBE), '../../src/sandbox/bwrap.ts'))}

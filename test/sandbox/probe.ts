@@ -1,7 +1,7 @@
 // Runs INSIDE a sandbox (bound read-only by the escape tests) and tries one escape, printing
 // one JSON line: what happened. It must never hang: every attempt has a deadline.
 //   probe.ts read PATH | write PATH | tcp PORT | udp PORT | perl EXPR | forkbomb | membomb
-//            | filltmp | plant | sleep
+//            | filltmp | plant | orphan | sleep
 
 import { spawn } from 'node:child_process'
 import { createSocket } from 'node:dgram'
@@ -101,6 +101,14 @@ switch (command) {
     report({ ok: true, pid: process.pid })
     setInterval(() => {}, 1000)
     break
+  case 'orphan': {
+    // a grandchild in its own session, detached from the runner: it must not outlive the job
+    const child = spawn('/usr/bin/perl', ['-e', 'sleep 60'], { detached: true, stdio: 'ignore' })
+    child.unref()
+    child.once('spawn', () => report({ ok: true, pid: process.pid, orphan: child.pid }))
+    setInterval(() => {}, 1000)
+    break
+  }
   case 'sleep':
     report({ ok: true, pid: process.pid })
     setInterval(() => {}, 1000)
