@@ -7,6 +7,7 @@
 
 import { z } from 'zod'
 import { createFoldState, type FoldState, type LedgerParams } from './balances.ts'
+import { addToSet, indexBinding, indexReceipt, indexVouch } from './fold-state.ts'
 
 const CHECKPOINT_VERSION = 1
 
@@ -53,18 +54,11 @@ export function restoreFoldState(json: string, params?: LedgerParams): FoldState
   for (const a of saved.frozen) state.frozen.add(a)
   for (const a of saved.geneses) state.geneses.add(a)
   for (const [cid, worker, requester, day, promptTokens, outputTokens, loggers] of saved.receipts) {
-    state.receipts.set(cid, { worker, requester, day, promptTokens, outputTokens, loggers })
+    indexReceipt(state, cid, { worker, requester, day, promptTokens, outputTokens, loggers })
   }
-  for (const [node, member, at, cid] of saved.bindings) {
-    let candidates = state.bindings.get(node)
-    if (candidates === undefined) {
-      candidates = new Map()
-      state.bindings.set(node, candidates)
-    }
-    candidates.set(cid, { member, at, cid })
-  }
-  for (const [member, vouchers] of saved.vouches) state.vouches.set(member, new Set(vouchers))
-  for (const [worker, accusers] of saved.fraud) state.fraud.set(worker, new Set(accusers))
+  for (const [node, member, at, cid] of saved.bindings) indexBinding(state, node, { member, at, cid })
+  for (const [member, vouchers] of saved.vouches) for (const v of vouchers) indexVouch(state, member, v)
+  for (const [worker, accusers] of saved.fraud) for (const a of accusers) addToSet(state.fraud, worker, a)
   state.derived = undefined
   return state
 }

@@ -21,10 +21,13 @@ export interface SyncPlan {
   /** Send our ops `from..to` (inclusive) of `author`. */
   ranges: Array<{ author: string; from: number; to: number }>
   /**
-   * The peer's op at `seq` has CID `head`; if ours at that seq differs, send ours: the peer
-   * then holds both, which is a fork proof.
+   * Send our op at `seq` if its CID is not `head` (null: send it anyway). Where the peer's
+   * head is at or below ours, we compare at its head; where the peer is ahead, only the
+   * peer can compare, so we send our head op (one op per such author; a duplicate there
+   * costs a hash and a lookup). Either way, two branches of one author meet somewhere,
+   * and holding both ops at one seq is a fork proof.
    */
-  probes: Array<{ author: string; seq: number; head: string }>
+  probes: Array<{ author: string; seq: number; head: string | null }>
   /** Authors we hold a fork proof for and the peer does not know are frozen. */
   forkProofs: string[]
 }
@@ -44,7 +47,8 @@ export function diff(local: Heads, remote: Heads): SyncPlan {
       plan.ranges.push({ author, from: 1, to: mine.seq })
       continue
     }
-    if (theirs.seq <= mine.seq && !(theirs.seq === mine.seq && theirs.head === mine.head)) {
+    if (theirs.seq > mine.seq) plan.probes.push({ author, seq: mine.seq, head: null })
+    else if (theirs.seq < mine.seq || theirs.head !== mine.head) {
       plan.probes.push({ author, seq: theirs.seq, head: theirs.head })
     }
     if (theirs.seq < mine.seq) plan.ranges.push({ author, from: theirs.seq + 1, to: mine.seq })
