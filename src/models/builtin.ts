@@ -140,6 +140,13 @@ function llamaTensors(s: LlamaShape, fill: Filler): GgufTensorSpec[] {
 export interface TinyModelOptions {
   /** the trained context the file claims (llama.context_length); 4096 by default */
   contextLength?: number
+  /**
+   * Adds the pieces llama.cpp's SPM tokenizer merges "▁tick"/"▁tock" from (▁t, ▁ti, ▁tic,
+   * ▁to, ▁toc), so generated "tick tock" text tokenizes back into the same tokens: what a
+   * prompt that continues a stream (mesh failover) needs. Without them it falls back to
+   * bytes and the bigram machine starts its sentence instead.
+   */
+  readableLoop?: boolean
 }
 
 /**
@@ -150,7 +157,9 @@ export interface TinyModelOptions {
 export async function writeTinyModel(path: string, opts: TinyModelOptions = {}): Promise<void> {
   const answerWords = TINY_ANSWER.split(' ').map((w) => `\u2581${w}`)
   const loopWords = ['\u2581tick', '\u2581tock']
-  const vocab = baseVocab([...answerWords, ...loopWords])
+  const mergePieces =
+    opts.readableLoop === true ? ['t', 'ti', 'tic', 'to', 'toc'].map((p) => `\u2581${p}`) : []
+  const vocab = baseVocab([...answerWords, ...loopWords, ...mergePieces])
   const idOf = (token: string) => vocab.tokens.indexOf(token)
   const V = vocab.tokens.length
   const d = 64

@@ -15,6 +15,7 @@ import type {
   LlamaContext,
   LlamaContextSequence,
   LlamaModel,
+  Token,
 } from 'node-llama-cpp'
 import {
   type ChatMessage,
@@ -108,12 +109,32 @@ async function generate(req: GenerateMessage) {
   const meterBefore = seq.tokenMeter.getState()
   try {
     if (!lib || !model || !context) throw new Error('generate before load')
-    const onToken = (tokens: readonly unknown[]) => {
-      if (outputTokens === 0) firstTokenAt = performance.now()
+    // The text the output continues: the raw prompt, or an assistant message being continued.
+    // node-llama-cpp detokenizes the first output chunk on its own, which drops a leading space
+    // (SentencePiece's "▁tick" becomes "tick"); detokenized after this text it keeps it, as
+    // llama.cpp's own server answers. Without that, a stream continued after a mesh failover
+    // would glue its seam together ("…tock" + "tick").
+    const continues =
+      req.mode === 'completion'
+        ? (req.prompt ?? '')
+        : req.messages?.at(-1)?.role === 'assistant'
+          ? req.messages.at(-1)!.content
+          : ''
+    let firstChunk: Token[] | undefined
+    const onToken = (tokens: readonly Token[]) => {
+      if (outputTokens === 0) {
+        firstTokenAt = performance.now()
+        firstChunk = [...tokens]
+      }
       lastTokenAt = performance.now()
       outputTokens += tokens.length
     }
-    const onTextChunk = (text: string) => {
+    const onTextChunk = (chunk: string) => {
+      let text = chunk
+      if (firstChunk !== undefined && continues !== '' && model !== undefined) {
+        text = model.detokenize(firstChunk, false, model.tokenize(continues.slice(-256)).slice(-16))
+      }
+      firstChunk = undefined
       if (text !== '') send({ type: 'token', id: req.id, text })
     }
     const common = {

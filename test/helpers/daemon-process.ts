@@ -1,0 +1,110 @@
+// Real `substrate serve` processes for integration tests: each on a throwaway home, a free
+// loopback port and a loopback mesh listener, found by its "ready" log line. `stopAll()`
+// kills whatever a test left running and removes the homes.
+
+import assert from 'node:assert/strict'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { rmSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { fileURLToPath } from 'node:url'
+import { tempHome } from './node.ts'
+
+const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
+
+export interface DaemonProcess {
+  child: ChildProcess
+  pid: number
+  home: string
+  url: string
+  /** mesh addresses, each with /p2p/<id> */
+  meshAddrs: string[]
+  /** the node's peer id */
+  id: string
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  stderr(): string
+}
+
+const running: DaemonProcess[] = []
+
+/** Starts `substrate serve` with `args` (beyond home, host, port, threads) and waits until it answers. */
+export async function startDaemonProcess(
+  args: string[] = [],
+  startTimeoutMs = 30_000,
+): Promise<DaemonProcess> {
+  const home = tempHome('substrate-mesh-')
+  // The daemon must see only what the test gives it: no SUBSTRATE_* of whoever runs the tests.
+  const env: NodeJS.ProcessEnv = {}
+  for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('SUBSTRATE_')) env[key] = value
+  env.SUBSTRATE_LOG_FORMAT = 'json'
+  const child = spawn(
+    process.execPath,
+    [cliEntry, 'serve', '--home', home, '--host', '127.0.0.1', '--port', '0', '--threads', '1', ...args],
+    { env, stdio: ['ignore', 'ignore', 'pipe'] },
+  )
+  assert.ok(child.pid !== undefined, 'serve did not start')
+  let stderr = ''
+  child.stderr?.setEncoding('utf8')
+  child.stderr?.on('data', (chunk: string) => {
+    stderr += chunk
+  })
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  )
+  const deadline = Date.now() + startTimeoutMs
+  while (Date.now() < deadline && child.exitCode === null && child.signalCode === null) {
+    const ready = stderr
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg?: unknown; url?: unknown })
+      .find((e) => typeof e.msg === 'string' && e.msg.endsWith(' ready') && typeof e.url === 'string')
+    if (ready !== undefined) {
+      const url = String(ready.url)
+      const status = (await (await fetch(`${url}/substrate/v1/status`)).json()) as {
+        id: string
+        mesh: { addrs: string[] } | null
+      }
+      const daemon: DaemonProcess = {
+        child,
+        pid: child.pid,
+        home,
+        url,
+        id: status.id,
+        meshAddrs: status.mesh?.addrs ?? [],
+        exited,
+        stderr: () => stderr,
+      }
+      running.push(daemon)
+      return daemon
+    }
+    await sleep(25)
+  }
+  child.kill('SIGKILL')
+  rmSync(home, { recursive: true, force: true })
+  throw new Error(`serve did not become ready within ${startTimeoutMs} ms:\n${stderr}`)
+}
+
+/** Polls `check` every 50 ms until it returns a value other than undefined, or fails naming `what`. */
+export async function eventually<T>(
+  what: string,
+  ms: number,
+  check: () => Promise<T | undefined>,
+): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = await check()
+    if (value !== undefined) return value
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${ms} ms`)
+    await sleep(50)
+  }
+}
+
+export async function stopAllDaemons(): Promise<void> {
+  for (const d of running.splice(0)) {
+    if (d.child.exitCode === null && d.child.signalCode === null) {
+      d.child.kill('SIGTERM')
+      const stopped = await Promise.race([d.exited.then(() => true), sleep(10_000).then(() => false)])
+      if (!stopped) d.child.kill('SIGKILL')
+    }
+    rmSync(d.home, { recursive: true, force: true })
+  }
+}
