@@ -16,6 +16,8 @@ import type {
   OllamaPsModel,
   OllamaTagsModel,
   PeersResponse,
+  ReceiptInfo,
+  ServedInfo,
 } from './types.ts'
 
 export interface ClientInit {
@@ -40,12 +42,16 @@ export interface GenerateChunk extends GenerationTimings {
   created_at: string
   response: string
   done: boolean
+  /** on the final chunk of an answer a peer served: who, and the receipt */
+  substrate?: ServedInfo
 }
 export interface ChatChunk extends GenerationTimings {
   model: string
   created_at: string
   message: { role: string; content: string }
   done: boolean
+  /** on the final chunk of an answer a peer served: who, and the receipt */
+  substrate?: ServedInfo
 }
 export interface ShowResponse {
   license: string
@@ -294,6 +300,14 @@ export function createClient(init: ClientInit) {
     config: (call?: Call) => json<{ entries: ConfigEntry[] }>('GET', '/substrate/v1/config', undefined, call),
     doctor: (call?: Call) => json<DoctorReport>('GET', '/substrate/v1/doctor', undefined, call),
     peers: (call?: Call) => json<PeersResponse>('GET', '/substrate/v1/peers', undefined, call),
+    /** the last receipts this node signed as worker or requester, newest last */
+    receipts: (call?: Call) =>
+      json<{ receipts: Array<ReceiptInfo & { role: 'worker' | 'requester' }> }>(
+        'GET',
+        '/substrate/v1/receipts',
+        undefined,
+        call,
+      ),
     runners: (call?: Call) =>
       json<{ runners: RunnerInfo[] }>('GET', '/substrate/v1/runners', undefined, call),
     /** `path` is read by the daemon, so it must be absolute (the daemon's cwd is not ours). */

@@ -100,7 +100,9 @@ export async function createRunnerSpawner(
   try {
     const runnerUser = await runnerUserForThisProcess()
     const spawner =
-      init.backend === 'gvisor' ? await gvisorSpawner(init, runnerUser) : await bwrapSpawner(init, runnerUser)
+      init.backend === 'gvisor'
+        ? await gvisorSpawner(init, runnerUser)
+        : await bwrapSpawner(init, runnerUser, log)
     if (runnerUser !== undefined) {
       log.info(`the daemon is root: runners run as ${runnerUser.name}`, {
         uid: runnerUser.uid,
@@ -158,11 +160,18 @@ async function selfTest(sandbox: Sandbox): Promise<void> {
 async function bwrapSpawner(
   init: RunnerSpawnerInit,
   runnerUser: RunnerUser | undefined,
+  log: Logger,
 ): Promise<RunnerSpawner> {
   // One sandbox per limit set: the memory ceiling differs per model, the rest is shared.
   const base = { runnerUser, pids: init.pids ?? 256, tmpfsBytes: init.tmpfsBytes ?? 64 * MiB }
   const probe = createSandbox({ ...base, memoryBytes: 256 * MiB })
   await selfTest(probe)
+  if (probe.cgroups.version === 0) {
+    // still isolated, but a runner could take all memory, CPU or pids: say so once
+    log.warn('runner memory, CPU and pids limits are NOT enforced (no usable cgroup)', {
+      reason: probe.cgroups.reason,
+    })
+  }
   const limits = new Map<ChildProcessWithoutNullStreams, number>()
   const sandboxes = new Map<number, Sandbox>()
   return {
