@@ -1,74 +1,160 @@
-// The Quickstart's main job: start a real daemon (its own process) in a throwaway
-// SUBSTRATE_HOME, stream an answer from the built-in model through the HTTP API, print the
-// timings, and stop everything. `npm run demo` runs it.
+// The Quickstart's main job: a local mesh of three daemons — separate processes, each with
+// its own throwaway SUBSTRATE_HOME, HTTP port and loopback mesh address, the second and third
+// bootstrapped to the first. One node removes its copy of substrate-tiny and asks for it
+// anyway: a peer serves the answer, and both signed receipts are printed. `npm run demo`.
 
-import { spawn } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { createClient } from '../src/api/client.ts'
+import { type Client, createClient } from '../src/api/client.ts'
+import type { ReceiptInfo } from '../src/api/types.ts'
 
 const cli = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url))
+const MODEL = 'substrate-tiny'
 
-async function freePort(): Promise<number> {
-  const srv = createServer()
-  await new Promise<void>((resolve) => srv.listen(0, '127.0.0.1', resolve))
-  const port = (srv.address() as { port: number }).port
-  await new Promise<void>((resolve) => srv.close(() => resolve()))
-  return port
+interface Daemon {
+  name: string
+  home: string
+  child: ChildProcess
+  client: Client
+  id: string
+  meshAddr: string
+  exited: Promise<number | null>
+  log(): string
 }
 
-const home = mkdtempSync(join(tmpdir(), 'substrate-demo-'))
-const port = await freePort()
+const daemons: Daemon[] = []
 const started = performance.now()
-console.log(`• starting a daemon: SUBSTRATE_HOME=${home}, http://127.0.0.1:${port}`)
-const daemon = spawn(process.execPath, [cli, 'serve', '--home', home, '--port', String(port)], {
-  stdio: ['ignore', 'ignore', 'pipe'],
-})
-let daemonLog = ''
-daemon.stderr.on('data', (d: Buffer) => {
-  daemonLog += d.toString()
-})
-const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+const elapsed = () => `${((performance.now() - started) / 1000).toFixed(1)} s`
+const short = (id: string) => `…${id.slice(-8)}`
 
-const client = createClient({ baseUrl: `http://127.0.0.1:${port}` })
-let status: Awaited<ReturnType<typeof client.status>> | undefined
-for (let i = 0; i < 300 && !status; i++) {
-  status = await client.status().catch(() => undefined)
-  if (!status) await sleep(100)
-  if (daemon.exitCode !== null) break
+/** `substrate serve` on a fresh home, any free port, a loopback mesh address; waits for "ready". */
+async function startDaemon(name: string, bootstrap?: string): Promise<Daemon> {
+  const home = mkdtempSync(join(tmpdir(), `substrate-demo-${name}-`))
+  const args = [cli, 'serve', '--home', home, '--port', '0', '--mesh-listen', '/ip4/127.0.0.1/tcp/0']
+  if (bootstrap !== undefined) args.push('--bootstrap', bootstrap)
+  const env: NodeJS.ProcessEnv = { ...process.env, SUBSTRATE_LOG_FORMAT: 'json' }
+  for (const key of Object.keys(env))
+    if (key.startsWith('SUBSTRATE_') && key !== 'SUBSTRATE_LOG_FORMAT') delete env[key]
+  const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  child.stderr?.on('data', (d: Buffer) => {
+    log += d.toString()
+  })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
+  for (let i = 0; i < 300; i++) {
+    const ready = log
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg?: string; url?: string })
+      .find((e) => e.msg?.endsWith(' ready') === true && e.url !== undefined)
+    if (ready?.url !== undefined) {
+      const client = createClient({ baseUrl: ready.url })
+      const status = await client.status()
+      const meshAddr = status.mesh?.addrs[0]
+      if (meshAddr === undefined) throw new Error(`daemon ${name} has no mesh address`)
+      const daemon = { name, home, child, client, id: status.id, meshAddr, exited, log: () => log }
+      daemons.push(daemon)
+      console.log(`• ${name}: ${short(status.id)}  http ${ready.url}  mesh ${meshAddr.split('/p2p/')[0]}`)
+      return daemon
+    }
+    if (child.exitCode !== null) break
+    await sleep(100)
+  }
+  throw new Error(`daemon ${name} did not start:\n${log}`)
 }
-if (!status) {
-  console.error(`the daemon did not start:\n${daemonLog}`)
-  process.exit(1)
+
+async function stopAll(): Promise<void> {
+  await Promise.all(
+    daemons.map(async (d) => {
+      await d.client.shutdown().catch(() => {})
+      // An unref'd timer: a pending one would keep the demo alive after the daemons are gone.
+      const code = await Promise.race([d.exited, sleep(10_000, 'timeout' as const, { ref: false })])
+      if (code === 'timeout') d.child.kill('SIGKILL')
+      rmSync(d.home, { recursive: true, force: true })
+    }),
+  )
 }
-console.log(`• daemon ${status.id} up in ${Math.round(performance.now() - started)} ms (pid ${status.pid})`)
 
-const prompt = 'What is the Substrate?'
-console.log(`• substrate-tiny, prompt: ${JSON.stringify(prompt)}\n`)
-process.stdout.write('  ')
-const final = await client.generate(
-  { model: 'substrate-tiny', prompt, stream: true, options: { temperature: 0.8, seed: 42 } },
-  { onChunk: (c) => process.stdout.write(c.response) },
-)
-const ms = (ns: number | undefined) => (ns ?? 0) / 1e6
-const rate = (count: number | undefined, ns: number | undefined) =>
-  ns && count ? `${((count * 1e9) / ns).toFixed(0)} tokens/s` : 'n/a'
-console.log('\n')
-console.log(`  load            ${ms(final.load_duration).toFixed(1)} ms`)
-console.log(
-  `  prompt eval     ${final.prompt_eval_count} tokens, ${ms(final.prompt_eval_duration).toFixed(1)} ms`,
-)
-console.log(
-  `  generation      ${final.eval_count} tokens, ${ms(final.eval_duration).toFixed(1)} ms (${rate(final.eval_count, final.eval_duration)})`,
-)
-console.log(`  total           ${ms(final.total_duration).toFixed(1)} ms, done: ${final.done_reason}`)
+try {
+  console.log('Starting a local mesh of three daemons (separate processes, loopback only):\n')
+  const alpha = await startDaemon('alpha')
+  const [beta, gamma] = await Promise.all([
+    startDaemon('beta', alpha.meshAddr),
+    startDaemon('gamma', alpha.meshAddr),
+  ])
+  const workers = [alpha, beta]
 
-await client.shutdown()
-const code = await Promise.race([exited, sleep(10_000).then(() => 'timeout' as const)])
-if (code === 'timeout') daemon.kill('SIGKILL')
-rmSync(home, { recursive: true, force: true })
-console.log(`\n• daemon stopped (${code === 'timeout' ? 'killed after 10 s' : `exit ${code}`}); home removed`)
+  // gamma gives up its own copy, so the only way it can answer is through a peer.
+  await gamma.client.delete(MODEL)
+  console.log(`\n• gamma removed its ${MODEL}; waiting until it sees the peers that hold it…`)
+  for (let i = 0; ; i++) {
+    const { peers } = await gamma.client.peers()
+    const holders = peers.filter((p) => p.models.some((m) => m.name === `${MODEL}:latest`))
+    if (holders.length >= 2) break
+    if (i > 200) throw new Error('gamma did not see its peers within 20 s')
+    await sleep(100)
+  }
+  console.log(`  (after ${elapsed()})\n\n$ substrate peers   # on gamma`)
+  const peersOut = spawn(
+    process.execPath,
+    [cli, 'peers', '--port', new URL(gamma.client.baseUrl).port, '--home', gamma.home],
+    {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    },
+  )
+  await new Promise((resolve) => peersOut.on('exit', resolve))
+
+  const prompt = 'What is the Substrate?'
+  console.log(`\n$ substrate run ${MODEL} ${JSON.stringify(prompt)}   # on gamma, which lacks the model\n`)
+  process.stdout.write('  ')
+  const final = await gamma.client.generate(
+    { model: MODEL, prompt, stream: true },
+    { onChunk: (c) => process.stdout.write(c.response) },
+  )
+  console.log('\n')
+  const served = final.substrate
+  if (served === undefined) throw new Error('the answer did not come from the mesh')
+  const worker = workers.find((w) => w.id === served.worker)
+  console.log(`• served by ${worker?.name ?? 'an unknown peer'} (${served.worker})`)
+  const ms = (ns: number | undefined) => ((ns ?? 0) / 1e6).toFixed(0)
+  console.log(
+    `  ${final.eval_count} tokens in ${ms(final.eval_duration)} ms, ${ms(final.total_duration)} ms end to end (the worker loaded the model first)`,
+  )
+
+  const show = (title: string, r: ReceiptInfo) => {
+    console.log(`\n• ${title}`)
+    const rows: Array<[string, string | number]> = [
+      ['receipt CID', r.cid],
+      ['job CID', r.job],
+      ['model', r.model],
+      ['signed by', `${r.worker} (worker)`],
+      ['countersigned', `${r.requester} (requester)`],
+      ['prompt tokens', r.promptTokens],
+      ['output tokens', r.outputTokens],
+      ['compute', `${r.computeMs} ms`],
+      ['output hash', r.outputHash],
+    ]
+    for (const [key, value] of rows) console.log(`    ${key.padEnd(15)}${value}`)
+  }
+  const requesterCopy = (await gamma.client.receipts()).receipts.find((r) => r.cid === served.receipt.cid)
+  show(
+    'receipt kept by gamma (requester): worker-signed, countersigned by gamma',
+    requesterCopy ?? served.receipt,
+  )
+  const workerCopy = (await worker!.client.receipts()).receipts.find((r) => r.cid === served.receipt.cid)
+  if (workerCopy === undefined) throw new Error(`${worker?.name} did not keep the receipt`)
+  show(`receipt kept by ${worker!.name} (worker): the same doubly signed record`, workerCopy)
+  console.log(`\n• both copies are the same signed bytes: ${requesterCopy?.signed === workerCopy.signed}`)
+  console.log(`\n• done in ${elapsed()}; stopping the three daemons`)
+} catch (err) {
+  console.error(`\ndemo failed: ${err instanceof Error ? err.message : String(err)}`)
+  for (const d of daemons)
+    console.error(`--- ${d.name} log (tail)\n${d.log().split('\n').slice(-8).join('\n')}`)
+  process.exitCode = 1
+} finally {
+  await stopAll()
+}

@@ -6,6 +6,7 @@
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import type { CountersignedReceipt } from '../mesh/job-protocol.ts'
 import type { Mesh, RemoteModel } from '../mesh/mesh.ts'
+import { normalizeModelName } from '../models/store.ts'
 import type { ModelRecord, ModelStore } from '../models/types.ts'
 import type { GenerationStats, SamplingOptions } from '../runtime/protocol.ts'
 import type { GenerateRequest, Runtime } from '../runtime/runtime.ts'
@@ -47,23 +48,35 @@ export interface InferenceComponents {
 export type Located = { local: ModelRecord } | { remote: RemoteModel }
 
 /**
- * Where a model name can run: this node's store first (which also makes built-in models),
- * then the models peers advertise. Throws E_MODEL_NOT_FOUND naming both places.
+ * Where a model name can run: a model this node holds runs here; one it does not hold runs on
+ * a peer that offers it; only when no peer does is a built-in model generated here (so a node
+ * that removed substrate-tiny asks the mesh for it, as a user who removed it would expect).
+ * Throws E_MODEL_NOT_FOUND naming both places.
  */
 export async function locateModel(c: InferenceComponents, name: string): Promise<Located> {
+  const held = c.models.list().find((m) => m.name === normalizedOrSame(name) || m.digest === name)
+  if (held !== undefined) return { local: held }
+  const remote = c.mesh?.findRemoteModel(name)
+  if (remote !== undefined) return { remote }
   try {
     return { local: await c.models.resolve(name) }
   } catch (err) {
     const error = toSubstrateError(err)
     if (error.code !== 'E_MODEL_NOT_FOUND' || c.mesh === undefined) throw err
-    const remote = c.mesh.findRemoteModel(name)
-    if (remote !== undefined) return { remote }
     const peers = c.mesh.capacity.view().length
     throw new SubstrateError(
       'E_MODEL_NOT_FOUND',
       `model '${name}' is not on this node, and none of the ${peers} peer${peers === 1 ? '' : 's'} in the mesh offers it`,
       { hint: "pull or import it here ('substrate pull'), or see what peers offer with 'substrate peers'" },
     )
+  }
+}
+
+function normalizedOrSame(name: string): string {
+  try {
+    return normalizeModelName(name)
+  } catch {
+    return name // resolve() reports the invalid name
   }
 }
 

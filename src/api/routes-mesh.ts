@@ -8,7 +8,7 @@ import type { CountersignedReceipt } from '../mesh/job-protocol.ts'
 import { sendJson } from './http.ts'
 import type { MeshServed } from './inference.ts'
 import type { Route } from './router.ts'
-import type { PeerInfo, PeersResponse } from './types.ts'
+import type { PeerInfo, PeersResponse, ReceiptInfo, ServedInfo } from './types.ts'
 
 export interface MeshRouteComponents {
   /** Absent when the mesh is off. */
@@ -26,7 +26,7 @@ export interface MeshRouteComponents {
 }
 
 /** A receipt as JSON: its fields and both signers; `signed` adds the envelope (base64) to re-verify. */
-export function receiptJson(r: CountersignedReceipt, options: { signed?: boolean } = {}) {
+export function receiptJson(r: CountersignedReceipt, options: { signed?: boolean } = {}): ReceiptInfo {
   return {
     cid: r.cid,
     job: r.receipt.job,
@@ -41,7 +41,7 @@ export function receiptJson(r: CountersignedReceipt, options: { signed?: boolean
   }
 }
 
-export function servedJson(served: MeshServed) {
+export function servedJson(served: MeshServed): ServedInfo {
   return {
     worker: served.worker,
     job: served.job,

@@ -172,6 +172,33 @@ export interface PeersResponse {
   peers: PeerInfo[]
 }
 
+/** A mesh job's receipt as the API shows it; `signed` (base64 envelope) only in /substrate/v1/receipts. */
+export interface ReceiptInfo {
+  /** CID of the countersigned receipt */
+  cid: string
+  /** CID of the signed job manifest */
+  job: string
+  model: string
+  /** signed the receipt */
+  worker: string
+  /** countersigned it */
+  requester: string
+  promptTokens: number
+  outputTokens: number
+  computeMs: number
+  outputHash: string
+  signed?: string
+}
+
+/** The `substrate` extension field on the final chunk of an answer the mesh served. */
+export interface ServedInfo {
+  worker: string
+  job: string
+  /** set when this worker took over mid-stream from one that failed */
+  resumedAfterTokens?: number
+  receipt: ReceiptInfo
+}
+
 export interface ErrorBody {
   error: string
   code: string

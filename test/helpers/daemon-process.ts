@@ -102,7 +102,7 @@ export async function stopAllDaemons(): Promise<void> {
   for (const d of running.splice(0)) {
     if (d.child.exitCode === null && d.child.signalCode === null) {
       d.child.kill('SIGTERM')
-      const stopped = await Promise.race([d.exited.then(() => true), sleep(10_000).then(() => false)])
+      const stopped = await Promise.race([d.exited.then(() => true), sleep(10_000, false, { ref: false })])
       if (!stopped) d.child.kill('SIGKILL')
     }
     rmSync(d.home, { recursive: true, force: true })

@@ -174,8 +174,29 @@ describe('a three-daemon mesh on loopback', () => {
     assert.equal(out.trim(), TINY_ANSWER)
   })
 
+  test('a node that removed substrate-tiny asks the mesh for it rather than making it again', async () => {
+    const removed = await fetch(`${requester.url}/api/delete`, {
+      method: 'DELETE',
+      body: JSON.stringify({ model: 'substrate-tiny' }),
+    })
+    assert.equal(removed.status, 200)
+    await untilOffered(requester, 'substrate-tiny', 2)
+    const res = await fetch(`${requester.url}/api/generate`, {
+      method: 'POST',
+      body: JSON.stringify({ model: 'substrate-tiny', prompt: 'hi', stream: false }),
+    })
+    const body = (await res.json()) as { response: string; substrate?: Served }
+    assert.equal(res.status, 200)
+    assert.equal(body.response.trim(), TINY_ANSWER)
+    assert.ok(body.substrate !== undefined && workers.some((w) => w.id === body.substrate?.worker))
+    const { models } = (await (await fetch(`${requester.url}/api/tags`)).json()) as {
+      models: Array<{ name: string; remote?: boolean }>
+    }
+    assert.equal(models.find((m) => m.name === 'substrate-tiny:latest')?.remote, true, 'not made again here')
+  })
+
   test('a worker SIGKILLed mid-stream: the stream continues on the other, seamless and with every token', async (t) => {
-    const total = 1200
+    const total = 1800
     // Both workers have the model loaded, as the ranking prefers: what is measured is the
     // failover, not a model load (~3 s for this model in bwrap on a loaded 2-core box).
     await Promise.all(
