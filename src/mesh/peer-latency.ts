@@ -19,6 +19,7 @@ export function createPeerLatency(
 ): PeerLatency {
   const rtts = new Map<string, number>()
   let timer: NodeJS.Timeout | undefined
+  let first: NodeJS.Timeout | undefined
   const measure = () => {
     const libp2p = components.mesh.libp2p
     const inView = new Set(components.capacity.view().map((e) => e.peer))
@@ -36,9 +37,11 @@ export function createPeerLatency(
     start() {
       timer = setInterval(measure, init.intervalMs ?? 5_000)
       timer.unref()
-      setTimeout(measure, 500).unref()
+      first = setTimeout(measure, 500)
+      first.unref()
     },
     stop() {
+      clearTimeout(first)
       clearInterval(timer)
     },
     latencyMs: (peer) => rtts.get(peer),
