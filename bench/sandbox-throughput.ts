@@ -55,14 +55,53 @@ async function start(launcher: RunnerLauncher, threads: number): Promise<RunnerH
   return startRunner({ launcher, logger: silentLogger, modelPath, contextSize: 1024, parallel: 1, threads })
 }
 
-/** Decode tokens/s of one greedy completion (prompt evaluation excluded). */
-async function decode(runner: RunnerHandle, prompt: string): Promise<number> {
+/** The runner's node process: the pid itself outside, a descendant of bwrap's pid inside. */
+function runnerProcess(pid: number): number {
+  const children = (p: number): number[] => {
+    try {
+      const list = readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').split(' ').filter(Boolean)
+      return list.map(Number).flatMap((c) => [c, ...children(c)])
+    } catch {
+      return []
+    }
+  }
+  // bwrap's own argv names the runner too: the node process is the one that starts with node
+  const found = [pid, ...children(pid)].find((p) => {
+    const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')
+    return argv[0] === process.execPath && argv.some((a) => a.includes('runner-main'))
+  })
+  if (found === undefined) throw new Error(`no runner process under ${pid}`)
+  return found
+}
+
+/** CPU time (user + system, all threads) of a process so far, in ms. */
+function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100
+}
+
+interface Sample {
+  /** decode tokens/s, prompt evaluation excluded */
+  tokensPerSecond: number
+  /** CPU the runner spent per generated token: what the sandbox could add, immune to a busy host */
+  cpuMsPerToken: number
+}
+
+async function decode(runner: RunnerHandle, prompt: string): Promise<Sample> {
+  const pid = runnerProcess(runner.pid)
+  const cpuBefore = cpuMs(pid)
   for await (const ev of runner.generate({
     mode: 'completion',
     prompt,
     options: { temperature: 0, maxTokens: PREDICT, seed: 1 },
   })) {
-    if (ev.type === 'done') return ((ev.stats.outputTokens - 1) * 1000) / ev.stats.evalMs
+    if (ev.type === 'done') {
+      return {
+        tokensPerSecond: ((ev.stats.outputTokens - 1) * 1000) / ev.stats.evalMs,
+        cpuMsPerToken: (cpuMs(pid) - cpuBefore) / ev.stats.outputTokens,
+      }
+    }
   }
   throw new Error('no done event')
 }
@@ -73,7 +112,7 @@ for (const threads of THREADS) {
   const inside = await start(sandboxed, threads)
   await decode(outside, 'warm up')
   await decode(inside, 'warm up')
-  const samples = { outside: [] as number[], inside: [] as number[] }
+  const samples = { outside: [] as Sample[], inside: [] as Sample[] }
   for (let i = 0; i < ROUNDS; i++) {
     const prompt = PROMPTS[i % PROMPTS.length]!
     const order = i % 2 === 0 ? (['outside', 'inside'] as const) : (['inside', 'outside'] as const)
@@ -82,13 +121,20 @@ for (const threads of THREADS) {
   }
   await outside.stop()
   await inside.stop()
-  const o = median(samples.outside)
-  const n = median(samples.inside)
+  const rate = (xs: Sample[]) => median(xs.map((x) => x.tokensPerSecond))
+  const cpu = (xs: Sample[]) => median(xs.map((x) => x.cpuMsPerToken))
+  const o = rate(samples.outside)
+  const n = rate(samples.inside)
   results.push({
     threads,
     tokensPerSecond: { outside: round(o), inside: round(n) },
     ratio: round(n / o, 3),
-    samples: { outside: samples.outside.map((x) => round(x)), inside: samples.inside.map((x) => round(x)) },
+    cpuMsPerToken: { outside: round(cpu(samples.outside), 2), inside: round(cpu(samples.inside), 2) },
+    cpuRatio: round(cpu(samples.outside) / cpu(samples.inside), 3),
+    samples: {
+      outside: samples.outside.map((x) => round(x.tokensPerSecond)),
+      inside: samples.inside.map((x) => round(x.tokensPerSecond)),
+    },
   })
 }
 rmSync(dir, { recursive: true, force: true })

@@ -60,7 +60,11 @@ describe('a daemon with the default sandbox', () => {
     const pid = runners[0]?.pid
     assert.ok(pid !== undefined && pid > 0, 'a runner is loaded')
     const tree = [pid, ...descendants(pid)]
-    const node = tree.find((p) => readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('runner-main'))
+    // bwrap's argv names the runner too: the runner is the process that node itself runs
+    const node = tree.find((p) => {
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')
+      return argv[0] === process.execPath && argv.some((a) => a.includes('runner-main'))
+    })
     assert.ok(node !== undefined, 'the runner process is under the pid the daemon reports')
     const expected = process.getuid?.() === 0 ? (await findRunnerUser())?.uid : process.getuid?.()
     assert.ok(expected !== undefined && expected !== 0)
