@@ -4,21 +4,22 @@
 // fails) does not stop the daemon: it serves local requests unsandboxed and says why once,
 // and `enforced: false` tells the mesh to refuse remote jobs.
 
-import type { ChildProcessWithoutNullStreams } from 'node:child_process'
-import { statSync } from 'node:fs'
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process'
+import { closeSync, openSync, statSync } from 'node:fs'
 import { availableParallelism, constants } from 'node:os'
-import { toSubstrateError } from '../errors.ts'
+import { SubstrateError, toSubstrateError } from '../errors.ts'
 import { estimateModelMemory, formatBytes } from '../hardware/detect.ts'
 import type { Logger } from '../logger.ts'
 import {
   type RunnerLauncher,
   type RunnerSpawnSpec,
   runnerEntry,
+  runnerEnvironment,
   spawnUnsandboxedRunner,
 } from '../runtime/spawn.ts'
 import { createSandbox, SANDBOX_MODEL_PATH, type Sandbox, sandboxExit } from './bwrap.ts'
 import { createGvisorSandbox, GVISOR_MODEL_PATH } from './gvisor.ts'
-import { type RunnerUser, runnerUserForThisProcess } from './runner-user.ts'
+import { RUNNER_USER_NAME, type RunnerUser, runnerUserForThisProcess } from './runner-user.ts'
 
 export type SandboxBackend = 'bwrap' | 'gvisor' | 'none'
 
@@ -123,12 +124,49 @@ export async function createRunnerSpawner(
   }
 }
 
-function unsandboxed(status: SandboxStatus): RunnerSpawner {
+/** The model's fd in an unsandboxed runner of a root daemon (stdio is 0-2). */
+const PLAIN_MODEL_FD = 3
+
+/**
+ * Runners without a sandbox. Even so a root daemon never runs them as root: they run as the
+ * runner account, and get the model as an inherited fd (the account cannot reach the store).
+ */
+async function unsandboxed(status: SandboxStatus): Promise<RunnerSpawner> {
+  const base = { exitReason: async () => undefined, describe: () => status }
+  if (process.getuid?.() !== 0) {
+    return { ...base, spawn: spawnUnsandboxedRunner, modelPathInside: (hostPath) => hostPath }
+  }
+  let user: RunnerUser | undefined
+  let missing: unknown
+  try {
+    user = await runnerUserForThisProcess()
+  } catch (err) {
+    missing = err
+  }
+  if (user !== undefined) status.runnerUser = user.name
   return {
-    spawn: spawnUnsandboxedRunner,
-    modelPathInside: (hostPath) => hostPath,
-    exitReason: async () => undefined,
-    describe: () => status,
+    ...base,
+    spawn(spec) {
+      if (user === undefined) {
+        throw new SubstrateError('E_SANDBOX_UNAVAILABLE', 'refusing to run a model runner as root', {
+          cause: missing,
+          hint: `create the runner account: useradd --system --no-create-home --shell /usr/sbin/nologin ${RUNNER_USER_NAME}`,
+        })
+      }
+      const modelFd = openSync(spec.modelPath, 'r')
+      try {
+        return spawn(process.execPath, [runnerEntry], {
+          stdio: ['pipe', 'pipe', 'pipe', modelFd],
+          uid: user.uid,
+          gid: user.gid, // libuv also drops root's supplementary groups
+          cwd: '/',
+          env: { ...runnerEnvironment(), HOME: '/tmp' },
+        }) as ChildProcessWithoutNullStreams
+      } finally {
+        closeSync(modelFd)
+      }
+    },
+    modelPathInside: () => `/proc/self/fd/${PLAIN_MODEL_FD}`,
   }
 }
 

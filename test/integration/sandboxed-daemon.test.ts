@@ -84,15 +84,29 @@ describe('a daemon with the default sandbox', () => {
   })
 })
 
-test('a daemon asked for no sandbox says so and is not enforced', async () => {
+test('a daemon asked for no sandbox says so, is not enforced, and still never runs a runner as root', async () => {
   const t = await startTestNode({ sandbox: { backend: 'none' } })
   try {
-    assert.deepEqual(t.node.sandbox, {
+    const { runnerUser, ...status } = t.node.sandbox
+    assert.deepEqual(status, {
       requested: 'none',
       active: 'none',
       enforced: false,
       reason: 'sandbox.backend = none',
     })
+    const res = await fetch(`${t.url}/api/generate`, {
+      method: 'POST',
+      body: JSON.stringify({ model: 'substrate-tiny', prompt: 'hi', stream: false }),
+    })
+    const body = (await res.json()) as { response: string }
+    assert.equal(body.response?.trim(), TINY_ANSWER, JSON.stringify(body))
+    if (process.getuid?.() === 0) {
+      assert.equal(runnerUser, 'substrate-runner')
+      const { runners } = (await (await fetch(`${t.url}/substrate/v1/runners`)).json()) as {
+        runners: Array<{ pid: number }>
+      }
+      assert.equal(uidOf(runners[0]?.pid ?? -1), (await findRunnerUser())?.uid)
+    }
   } finally {
     await t.close()
   }
