@@ -1,7 +1,9 @@
 // The Quickstart's main job: a local mesh of three daemons — separate processes, each with
 // its own throwaway SUBSTRATE_HOME, HTTP port and loopback mesh address, the second and third
 // bootstrapped to the first. One node removes its copy of substrate-tiny and asks for it
-// anyway: a peer serves the answer, and both signed receipts are printed. `npm run demo`.
+// anyway: a peer serves the answer, and both signed receipts are printed. Then the worker
+// serving a long answer is SIGKILLed mid-stream, and the answer completes from the other one
+// (prefix continuation). `npm run demo`.
 
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -11,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { type Client, createClient } from '../src/api/client.ts'
 import type { ReceiptInfo } from '../src/api/types.ts'
+import { writeTinyModel } from '../src/models/builtin.ts'
 
 const cli = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url))
 const MODEL = 'substrate-tiny'
@@ -76,6 +79,82 @@ async function stopAll(): Promise<void> {
       if (code === 'timeout') d.child.kill('SIGKILL')
       rmSync(d.home, { recursive: true, force: true })
     }),
+  )
+}
+
+/**
+ * A long answer whose worker is SIGKILLed mid-stream. The model is a tiny variant that says
+ * "tick tock" forever after "~" and can read that text back as the same tokens, which a
+ * continuation needs (the built-in one cannot: its vocabulary has no merge pieces).
+ */
+async function failover(requester: Daemon, workers: Daemon[]): Promise<void> {
+  const name = 'tiny-loop'
+  console.log(
+    `\n• part two: ${workers.map((w) => w.name).join(' and ')} import ${name}; one is killed mid-answer`,
+  )
+  await Promise.all(
+    workers.map(async (w) => {
+      const file = join(w.home, `${name}.gguf`)
+      await writeTinyModel(file, { contextLength: 2048, readableLoop: true })
+      await w.client.importModel({ path: file, name })
+      await w.client.generate({ model: name, prompt: '', keep_alive: '5m' }) // load it: ready to take over
+    }),
+  )
+  for (let i = 0; ; i++) {
+    const { peers } = await requester.client.peers()
+    const loaded = peers.filter((p) => p.models.some((m) => m.name === `${name}:latest` && m.loaded))
+    if (loaded.length >= workers.length) break
+    if (i > 200) throw new Error(`${requester.name} did not see ${name} loaded on both workers`)
+    await sleep(100)
+  }
+  const total = 1500
+  console.log(
+    `\n$ curl …/api/generate -d '{"model":"${name}","prompt":"~","raw":true,"options":{"num_predict":${total}}}'\n`,
+  )
+  let text = ''
+  let victim: Daemon | undefined
+  let asked = false
+  let killedAt = 0
+  let lastAt = 0
+  let longestGap = 0
+  const final = await requester.client.generate(
+    { model: name, prompt: '~', raw: true, stream: true, options: { num_predict: total } },
+    {
+      onChunk: (c) => {
+        if (c.done) return
+        const now = performance.now()
+        if (killedAt > 0) longestGap = Math.max(longestGap, now - Math.max(lastAt, killedAt))
+        lastAt = now
+        text += c.response
+        const words = text.trim().split(' ').length
+        if (!asked && words >= 200) {
+          asked = true
+          // The worker with a busy runner is the one serving this job.
+          void Promise.all(workers.map((w) => w.client.runners().catch(() => ({ runners: [] })))).then(
+            (all) => {
+              victim = workers[all.findIndex((r) => r.runners.some((x) => x.active > 0))]
+              if (victim === undefined) return
+              victim.child.kill('SIGKILL')
+              killedAt = performance.now()
+              console.log(
+                `  …${text.trimEnd().slice(-30)}   ✂ ${victim.name} SIGKILLed after ${text.trim().split(' ').length} words`,
+              )
+            },
+          )
+        }
+      },
+    },
+  )
+  const words = text.trim().split(' ')
+  const seamless = words.every((w, i) => w === (i % 2 === 0 ? 'tick' : 'tock'))
+  const served = final.substrate
+  const by = workers.find((w) => w.id === served?.worker)?.name ?? served?.worker
+  console.log(`  ${text.trimEnd().slice(-30)}   (the end)\n`)
+  console.log(
+    `• ${words.length} of ${total} words, every one in order: ${seamless}; eval_count ${final.eval_count}`,
+  )
+  console.log(
+    `• ${by} continued after ${served?.resumedAfterTokens ?? 0} tokens; the longest silence after the kill was ${Math.round(longestGap)} ms`,
   )
 }
 
@@ -149,6 +228,7 @@ try {
   if (workerCopy === undefined) throw new Error(`${worker?.name} did not keep the receipt`)
   show(`receipt kept by ${worker!.name} (worker): the same doubly signed record`, workerCopy)
   console.log(`\n• both copies are the same signed bytes: ${requesterCopy?.signed === workerCopy.signed}`)
+  await failover(gamma, workers)
   console.log(`\n• done in ${elapsed()}; stopping the three daemons`)
 } catch (err) {
   console.error(`\ndemo failed: ${err instanceof Error ? err.message : String(err)}`)
