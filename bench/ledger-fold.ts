@@ -13,7 +13,6 @@ import {
   allBalances,
   applyOp,
   balanceOf,
-  createFoldState,
   DAY_MS,
   type FoldOp,
   foldOps,
