@@ -9,14 +9,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateIdentity } from '../src/identity/keys.ts'
-import {
-  allBalances,
-  applyOp,
-  balanceOf,
-  DAY_MS,
-  type FoldOp,
-  foldOps,
-} from '../src/ledger/balances.ts'
+import { allBalances, applyOp, balanceOf, DAY_MS, type FoldOp, foldOps } from '../src/ledger/balances.ts'
 import { restoreFoldState, serializeFoldState } from '../src/ledger/fold-checkpoint.ts'
 import { createLedger } from '../src/ledger/ledger.ts'
 import { openDatabase } from '../src/store/database.ts'

@@ -50,8 +50,8 @@ export interface Derived {
   vouched: Set<string>
   /** Workers with a fraud proof from another, unfrozen author. */
   voidWorkers: Set<string>
-  /** `${workerMember}|${requesterMember}|${day}` → gross credits */
-  pair: Map<string, number>
+  /** worker member → requester member → day → gross credits (nested: no key strings to build) */
+  pair: Map<string, Map<string, Map<number, number>>>
   /** requester member → day → gross credits */
   spendDays: Map<string, Map<number, number>>
   totals: Map<string, Totals>
@@ -74,6 +74,8 @@ export interface FoldState {
   readonly vouchedBy: Map<string, Set<string>>
   /** worker → authors of fraud proofs against it */
   readonly fraud: Map<string, Set<string>>
+  /** One string object per peer id: a million receipts name a few thousand nodes. */
+  readonly ids: Map<string, string>
   /** Aggregates; undefined after a fork, re-derived on the next read. */
   derived: Derived | undefined
 }
@@ -90,6 +92,7 @@ export function emptyFoldState(params: LedgerParams): FoldState {
     vouches: new Map(),
     vouchedBy: new Map(),
     fraud: new Map(),
+    ids: new Map(),
     derived: emptyDerived(),
   }
 }
@@ -119,9 +122,19 @@ const isLiveMember = (state: FoldState, author: string) =>
 // --- indexes (state only; no aggregates) ---------------------------------------------
 
 export function indexReceipt(state: FoldState, cid: string, entry: ReceiptEntry): void {
+  entry.worker = intern(state, entry.worker)
+  entry.requester = intern(state, entry.requester)
+  entry.loggers = entry.loggers.map((a) => intern(state, a))
   state.receipts.set(cid, entry)
   pushTo(state.receiptsByNode, entry.worker, cid)
   if (entry.requester !== entry.worker) pushTo(state.receiptsByNode, entry.requester, cid)
+}
+
+export function intern(state: FoldState, id: string): string {
+  const known = state.ids.get(id)
+  if (known !== undefined) return known
+  state.ids.set(id, id)
+  return id
 }
 
 export function indexBinding(state: FoldState, node: string, candidate: BindingCandidate): boolean {
@@ -179,18 +192,14 @@ export function contribute(state: FoldState, d: Derived, entry: ReceiptEntry, si
   if (wm === rm) return
   const p = state.params
   const credits = sign * receiptCredits(entry.promptTokens, entry.outputTokens, p)
-  const pairKey = `${wm}|${rm}|${entry.day}`
-  const pairBefore = d.pair.get(pairKey) ?? 0
-  d.pair.set(pairKey, pairBefore + credits)
+  const days = inner(inner(d.pair, wm), rm)
+  const pairBefore = days.get(entry.day) ?? 0
+  days.set(entry.day, pairBefore + credits)
   const cap = p.capPerCounterpartyPerDay
   totalsOf(d, wm).earned += Math.min(cap, pairBefore + credits) - Math.min(cap, pairBefore)
-  let days = d.spendDays.get(rm)
-  if (days === undefined) {
-    days = new Map()
-    d.spendDays.set(rm, days)
-  }
-  const dayBefore = days.get(entry.day) ?? 0
-  days.set(entry.day, dayBefore + credits)
+  const spend = inner(d.spendDays, rm)
+  const dayBefore = spend.get(entry.day) ?? 0
+  spend.set(entry.day, dayBefore + credits)
   const floor = floorFor(p, d.vouched.has(rm))
   const requester = totalsOf(d, rm)
   requester.spent += credits
@@ -263,6 +272,15 @@ function totalsOf(d: Derived, member: string): Totals {
     d.totals.set(member, t)
   }
   return t
+}
+
+function inner<K, V>(map: Map<string, Map<K, V>>, key: string): Map<K, V> {
+  let value = map.get(key)
+  if (value === undefined) {
+    value = new Map()
+    map.set(key, value)
+  }
+  return value
 }
 
 function pushTo(map: Map<string, string[]>, key: string, value: string): void {
