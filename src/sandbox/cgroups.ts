@@ -10,6 +10,7 @@
 // to move itself into a leaf first, because of v2's no-internal-processes rule).
 
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 
@@ -35,6 +36,9 @@ export interface RunnerCgroup {
 }
 
 const CPU_PERIOD_US = 100_000
+// the scheduling weight of one nice-0 task: cgroup v1 cpu.shares, v2 cpu.weight
+const NICE_0_SHARES = 1024
+const NICE_0_WEIGHT = 100
 const GROUP = 'substrate'
 
 interface Mount {
@@ -64,6 +68,12 @@ export function detectCgroups(): CgroupSupport {
         const group = join(v2.path, GROUP)
         mkdirSync(group, { recursive: true })
         writeFileSync(join(group, 'cgroup.subtree_control'), '+memory +pids +cpu')
+        try {
+          writeFileSync(
+            join(group, 'cpu.weight'),
+            String(Math.min(10_000, NICE_0_WEIGHT * availableParallelism())),
+          )
+        } catch {} // only where the root delegates cpu to its children
         return { version: 2, group }
       } catch (err) {
         reasons.push(`cgroup v2 at ${v2.path}: ${(err as Error).message}`)
@@ -82,6 +92,9 @@ export function detectCgroups(): CgroupSupport {
   }
   try {
     for (const root of [memory, cpu, pids]) mkdirSync(join(root, GROUP), { recursive: true })
+    // a group is ONE scheduling entity against every task outside it: weigh the parent like
+    // all cores' worth of tasks, or a busy host would starve runners more than plain processes
+    writeFileSync(join(cpu, GROUP, 'cpu.shares'), String(NICE_0_SHARES * availableParallelism()))
     return { version: 1, memory: join(memory, GROUP), cpu: join(cpu, GROUP), pids: join(pids, GROUP) }
   } catch (err) {
     reasons.push(`cgroup v1: ${(err as Error).message} (the daemon needs root or a delegated cgroup)`)
@@ -114,6 +127,10 @@ export function createRunnerCgroup(support: CgroupSupport, name: string, limits:
     writeFileSync(join(dir, 'pids.max'), String(limits.pids))
     const quota = limits.cpus > 0 ? String(Math.round(limits.cpus * CPU_PERIOD_US)) : 'max'
     writeFileSync(join(dir, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`)
+    writeFileSync(
+      join(dir, 'cpu.weight'),
+      String(Math.min(10_000, NICE_0_WEIGHT * Math.max(1, Math.ceil(limits.cpus)))),
+    )
     return handle([dir], () => counter(readOr(join(dir, 'memory.events'), ''), 'oom_kill'))
   }
   const memory = join(support.memory, name)
@@ -128,6 +145,8 @@ export function createRunnerCgroup(support: CgroupSupport, name: string, limits:
   writeFileSync(join(cpu, 'cpu.cfs_period_us'), String(CPU_PERIOD_US))
   const quota = limits.cpus > 0 ? Math.round(limits.cpus * CPU_PERIOD_US) : -1
   writeFileSync(join(cpu, 'cpu.cfs_quota_us'), String(quota))
+  // weigh the runner like its threads would weigh as plain processes (see detectCgroups)
+  writeFileSync(join(cpu, 'cpu.shares'), String(NICE_0_SHARES * Math.max(1, Math.ceil(limits.cpus))))
   return handle([memory, cpu, pids], () =>
     counter(readOr(join(memory, 'memory.oom_control'), ''), 'oom_kill'),
   )
