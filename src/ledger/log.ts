@@ -27,7 +27,7 @@ import {
   listLedgerOpsOf,
 } from '../store/ledger-table.ts'
 import { isLedgerError, LedgerError } from './ledger-error.ts'
-import { decodeOp, type LedgerOp, type OpDraft, signOp } from './ops.ts'
+import { createVerifiedReceiptCache, decodeOp, type LedgerOp, type OpDraft, signOp } from './ops.ts'
 import type { Heads, SyncPlan } from './vector.ts'
 
 export type IngestResult =
@@ -86,6 +86,7 @@ export function createLedgerLog(components: LedgerLogComponents, init: LedgerLog
   const events = init.events ?? {}
   const maxBytes = recordTypeSpec('ledger-op').maxBytes
   const frozen = new Set(listLedgerForks(db).map((f) => f.author))
+  const receipts = createVerifiedReceiptCache()
 
   function freeze(author: string, seq: number, first: Uint8Array, second: Uint8Array): void {
     insertLedgerFork(db, { author, seq, first, second, detectedAt: now() })
@@ -100,7 +101,7 @@ export function createLedgerLog(components: LedgerLogComponents, init: LedgerLog
     }
     const cid = cidOf(bytes)
     if (hasLedgerOp(db, cid)) return { status: 'duplicate', cid }
-    const op = decodeOp(bytes, { now: now() })
+    const op = decodeOp(bytes, { now: now(), receipts })
     if (frozen.has(op.author)) {
       const proof = getLedgerFork(db, op.author)
       if (proof !== undefined && cidOf(proof.second) === cid) return { status: 'duplicate', cid }

@@ -166,6 +166,45 @@ export function signBindingConsent(
 export interface DecodeOpOptions {
   /** Our clock, for the future-dated check only. */
   now?: number
+  /** Receipts already verified here (see createVerifiedReceiptCache). */
+  receipts?: VerifiedReceiptCache
+}
+
+/** What verifying a countersigned receipt established, kept by the receipt's CID. */
+export interface VerifiedReceipt {
+  cid: string
+  worker: string
+  requester: string
+  promptTokens: number
+  outputTokens: number
+  /** The countersignature's created and expires: the only time-dependent part of the check. */
+  created: number
+  expires: number
+}
+
+export interface VerifiedReceiptCache {
+  get(cid: string): VerifiedReceipt | undefined
+  set(receipt: VerifiedReceipt): void
+}
+
+/**
+ * Most receipts reach a ledger twice, in the worker's log and in the requester's. The bytes
+ * are identical (same CID), so both signatures verify identically; only the window between
+ * the countersignature's times and the logging op's time differs, and that is re-checked
+ * on every hit. Bounded: the oldest entry goes first.
+ */
+export function createVerifiedReceiptCache(maxEntries = 65_536): VerifiedReceiptCache {
+  const entries = new Map<string, VerifiedReceipt>()
+  return {
+    get: (cid) => entries.get(cid),
+    set(receipt) {
+      if (entries.size >= maxEntries) {
+        const oldest = entries.keys().next().value
+        if (oldest !== undefined) entries.delete(oldest)
+      }
+      entries.set(receipt.cid, receipt)
+    },
+  }
 }
 
 /** Verifies an op from anywhere (sync, gossip, disk) and derives its facts. Throws LedgerError. */
@@ -198,11 +237,17 @@ export function decodeOp(bytes: Uint8Array, options: DecodeOpOptions = {}): Ledg
       `ledger op ${seq} of ${env.signer} must ${seq === 1 ? 'not ' : ''}name a prev`,
     )
   }
-  const facts = factsOf(kind, body, env.signer, at)
+  const facts = factsOf(kind, body, env.signer, at, options.receipts)
   return { cid: cidOf(bytes), bytes, author: env.signer, seq, prev, kind, at, facts }
 }
 
-function factsOf(kind: OpKind, rawBody: unknown, author: string, at: number): OpFacts {
+function factsOf(
+  kind: OpKind,
+  rawBody: unknown,
+  author: string,
+  at: number,
+  cache: VerifiedReceiptCache | undefined,
+): OpFacts {
   const parsed = opBodySchemas[kind].safeParse(rawBody)
   if (!parsed.success) throw new LedgerError('malformed', `${kind} op body: ${firstIssue(parsed.error)}`)
   const body = parsed.data
@@ -222,7 +267,7 @@ function factsOf(kind: OpKind, rawBody: unknown, author: string, at: number): Op
       return { kind, node }
     }
     case 'receipt': {
-      const receipt = verifiedReceipt((body as OpBody<'receipt'>).receipt, at)
+      const receipt = verifiedReceipt((body as OpBody<'receipt'>).receipt, at, cache)
       if (author !== receipt.worker && author !== receipt.requester) {
         throw new LedgerError('receipt', `${author} logged a receipt between two other nodes`)
       }
@@ -231,8 +276,8 @@ function factsOf(kind: OpKind, rawBody: unknown, author: string, at: number): Op
         receipt: receipt.cid,
         worker: receipt.worker,
         requester: receipt.requester,
-        promptTokens: receipt.receipt.promptTokens,
-        outputTokens: receipt.receipt.outputTokens,
+        promptTokens: receipt.promptTokens,
+        outputTokens: receipt.outputTokens,
         created: receipt.created,
       }
     }
@@ -243,7 +288,7 @@ function factsOf(kind: OpKind, rawBody: unknown, author: string, at: number): Op
     case 'fraud-proof': {
       const bytes = (body as OpBody<'fraud-proof'>).receipt
       // The receipt is old by the time it is proven false: judge it at its own time.
-      const receipt = verifiedReceipt(bytes, createdOf(bytes))
+      const receipt = verifiedReceipt(bytes, createdOf(bytes), cache)
       return { kind, receipt: receipt.cid, worker: receipt.worker }
     }
     case 'vouch': {
@@ -253,9 +298,34 @@ function factsOf(kind: OpKind, rawBody: unknown, author: string, at: number): Op
   }
 }
 
-function verifiedReceipt(bytes: Uint8Array, at: number) {
+function verifiedReceipt(
+  bytes: Uint8Array,
+  at: number,
+  cache: VerifiedReceiptCache | undefined,
+): VerifiedReceipt {
+  const cid = cache === undefined ? undefined : cidOf(bytes)
+  const known = cid === undefined ? undefined : cache?.get(cid)
+  if (known !== undefined) {
+    const skew = recordTypeSpec('receipt-countersign').maxSkewMs
+    if (known.created > at + skew)
+      throw new LedgerError('receipt', 'receipt is dated after the op that logs it')
+    if (at - skew >= known.expires) throw new LedgerError('receipt', 'receipt had expired when it was logged')
+    return known
+  }
   try {
-    return { ...verifyCountersignedReceipt(bytes, at), created: createdOf(bytes) }
+    const r = verifyCountersignedReceipt(bytes, at)
+    const { created, expires } = envelopeTimes(bytes)
+    const verified: VerifiedReceipt = {
+      cid: r.cid,
+      worker: r.worker,
+      requester: r.requester,
+      promptTokens: r.receipt.promptTokens,
+      outputTokens: r.receipt.outputTokens,
+      created,
+      expires,
+    }
+    cache?.set(verified)
+    return verified
   } catch (cause) {
     throw new LedgerError('receipt', messageOf(cause), { cause })
   }
@@ -263,17 +333,21 @@ function verifiedReceipt(bytes: Uint8Array, at: number) {
 
 /** The `created` of an encoded envelope, read without verifying anything. */
 export function createdOf(bytes: Uint8Array): number {
+  return envelopeTimes(bytes).created
+}
+
+function envelopeTimes(bytes: Uint8Array): { created: number; expires: number } {
   let decoded: unknown
   try {
     decoded = dagCbor.decode(bytes)
   } catch (cause) {
     throw new LedgerError('malformed', `not DAG-CBOR (${messageOf(cause)})`, { cause })
   }
-  const created = (decoded as { created?: unknown } | null)?.created
+  const { created, expires } = (decoded ?? {}) as { created?: unknown; expires?: unknown }
   if (typeof created !== 'number' || !Number.isSafeInteger(created) || created < 0) {
     throw new LedgerError('malformed', 'envelope has no valid created time')
   }
-  return created
+  return { created, expires: typeof expires === 'number' ? expires : created }
 }
 
 function withoutUndefined<T extends object>(value: T): T {

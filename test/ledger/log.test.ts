@@ -177,6 +177,16 @@ describe('ledger log ingest', () => {
     assert.equal(op.facts.kind, 'receipt')
   })
 
+  test('a receipt verified once is re-checked only for its time window when logged again', () => {
+    const { log } = openLog(() => T0 + 400 * DAY)
+    const bytes = makeReceipt(worker, requester, { at: T0 })
+    assert.equal(log.ingest(chain(requester, [receiptOp(bytes)], { at: T0 + 5 })[0]!.bytes).status, 'added')
+    assert.equal(log.ingest(chain(worker, [receiptOp(bytes)], { at: T0 + 9 })[0]!.bytes).status, 'added')
+    // The same receipt logged again long after it expired: refused, from the cache too.
+    const late = rawFirstOp(worker, receiptOp(bytes), T0 + 2 * DAY)
+    assert.throws(() => log.ingest(late), refused('receipt'))
+  })
+
   test('only the worker or the requester may log a receipt', () => {
     const { log } = openLog()
     const op = rawFirstOp(stranger, receiptOp(makeReceipt(worker, requester)))
