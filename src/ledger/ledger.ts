@@ -70,7 +70,7 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
   let started = false
   let sinceCheckpoint = 0
 
-  const log = createLedgerLog(
+  const rawLog = createLedgerLog(
     { db },
     {
       now,
@@ -78,7 +78,9 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
         onOp(op) {
           if (!started) return
           applyOp(state, op)
-          if (++sinceCheckpoint >= checkpointEvery) checkpoint()
+          // Also in proportion to the ledger, so that saving (linear in its size) stays a
+          // bounded cost per op however large the ledger grows.
+          if (++sinceCheckpoint >= Math.max(checkpointEvery, state.receipts.size / 4)) checkpoint()
         },
         onFork(author) {
           if (started) applyFork(state, author)
@@ -86,6 +88,21 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
       },
     },
   )
+
+  // The fold follows ops as they are stored. If a batch's transaction rolls back (an
+  // unexpected error, not a refused op), the fold has seen ops the database has not:
+  // fold again from the database before passing the error on.
+  const log: LedgerLog = {
+    ...rawLog,
+    ingestMany(batch) {
+      try {
+        return rawLog.ingestMany(batch)
+      } catch (err) {
+        if (started) load()
+        throw err
+      }
+    },
+  }
 
   function checkpoint(): void {
     saveLedgerCheckpoint(db, {
