@@ -13,7 +13,6 @@ import { type Identity, loadOrCreateIdentity } from './identity/keys.ts'
 import { createLogger, type Logger } from './logger.ts'
 import type { CountersignedReceipt } from './mesh/job-protocol.ts'
 import { createMesh, type Mesh } from './mesh/mesh.ts'
-import { createPeerLatency } from './mesh/peer-latency.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
 import { createRuntime, type Runtime } from './runtime/runtime.ts'
@@ -112,15 +111,12 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       await mesh.start()
       const started = mesh
       cleanup.unshift(() => started.stop())
-      const measured = createPeerLatency({ mesh: mesh.node, capacity: mesh.capacity })
-      measured.start()
       meshInfo = {
         peerId: started.node.peerId,
         multiaddrs: () => started.node.multiaddrs(),
         view: () => started.capacity.view(),
-        latencyMs: (peer) => measured.latencyMs(peer),
+        latencyMs: (peer) => started.latencyMs(peer),
       }
-      cleanup.unshift(() => measured.stop())
       const offModels = models.onChange?.(() => started.modelsChanged())
       cleanup.unshift(() => offModels?.())
       const offJobEnd = mesh.jobs.onJobEnd((o) => {

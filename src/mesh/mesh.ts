@@ -25,6 +25,7 @@ import {
 } from './job-protocol.ts'
 import { createMeshNode, type MeshNode, type MeshNodeInit } from './libp2p-node.ts'
 import { createModelProviders, type ModelProviders } from './model-providers.ts'
+import { createPeerLatency } from './peer-latency.ts'
 import { pickWorkers } from './pick-worker.ts'
 import { createRuntimeJobRunner } from './runtime-job.ts'
 
@@ -59,6 +60,8 @@ export interface Mesh {
   stop(): Promise<void>
   /** Call after a model was pulled, imported or removed. */
   modelsChanged(): void
+  /** Last measured round trip to a connected peer in ms (ping every 5 s), or undefined. */
+  latencyMs(peer: string): number | undefined
   /** Peers to ask for a model, best first, from the capacity view. */
   candidates(digest: string): string[]
   /** Every model some peer offers (for `/api/tags`, marked remote). */
@@ -153,7 +156,10 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
     tokensPerSecond = tokensPerSecond === 0 ? measured : 0.8 * tokensPerSecond + 0.2 * measured
   })
 
-  const candidates = (digest: string) => pickWorkers(capacity.view(), digest)
+  // Round trips to connected peers, for ranking (nearer first among equals) and `substrate peers`.
+  const latency = createPeerLatency({ mesh: node, capacity })
+  const candidates = (digest: string) =>
+    pickWorkers(capacity.view(), digest, { latencyMs: latency.latencyMs })
 
   const remoteModels = (): RemoteModel[] => {
     const byDigest = new Map<string, RemoteModel>()
@@ -191,7 +197,10 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
     let received = ''
     let receivedTokens = 0
     for (;;) {
-      const worker = pickWorkers(capacity.view(), request.model, { exclude: tried })[0]
+      const worker = pickWorkers(capacity.view(), request.model, {
+        exclude: tried,
+        latencyMs: latency.latencyMs,
+      })[0]
       if (worker === undefined) break
       tried.add(worker)
       const attempt = received === '' ? request : continuation(request, received, receivedTokens)
@@ -242,11 +251,13 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
       await node.start()
       await jobs.start()
       await capacity.start()
+      latency.start()
       provideAll()
     },
     async stop() {
       offActivity()
       offJobEnd()
+      latency.stop()
       await capacity.stop()
       await jobs.stop()
       await node.stop()
@@ -255,6 +266,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
       capacity.notifyChanged()
       provideAll()
     },
+    latencyMs: latency.latencyMs,
     candidates,
     remoteModels,
     findRemoteModel,
