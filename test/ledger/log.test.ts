@@ -222,6 +222,30 @@ describe('ledger sync plan', () => {
     assert.equal(planSize(diff(a.log.heads(), emptyHeads())), 10)
   })
 
+  test('a peer announcing stale heads is sent ops it has, which change nothing there', () => {
+    const a = openLog()
+    const b = openLog()
+    const ops = chain(
+      worker,
+      Array.from({ length: 10 }, () => genesisOp()),
+    )
+    for (const op of ops.slice(0, 5)) b.log.ingest(op.bytes)
+    const stale = b.log.heads()
+    for (const op of ops) a.log.ingest(op.bytes)
+    for (const op of ops.slice(5)) b.log.ingest(op.bytes)
+    const summary = b.log.ingestMany(a.log.opsFor(diff(a.log.heads(), stale)).ops)
+    assert.deepEqual([summary.added, summary.duplicates, summary.refused.length], [0, 5, 0])
+  })
+
+  test('an op from a clock running ahead is refused until ours catches up', () => {
+    let now = T0
+    const { log } = openLog(() => now)
+    const [op] = chain(worker, [genesisOp()], { at: T0 + 45_000 })
+    assert.throws(() => log.ingest(op!.bytes), refused('future'))
+    now = T0 + 20_000 // within the 30 s skew bound of the op's time
+    assert.equal(log.ingest(op!.bytes).status, 'added')
+  })
+
   test('two branches of one author at the same seq are found by their head CIDs', () => {
     const a = openLog()
     const b = openLog()
