@@ -11,14 +11,14 @@
 //   - each (requester member, UTC day) spends its floor first: charged = max(0, Σ − floor);
 //   - a frozen author (fork proof) has all its ops voided: which of its ops came "before" the
 //     fork depends on what a node saw first, so only voiding all of them converges;
-//   - a frozen or fraud-proven worker's receipts mint nothing and cost its requesters nothing;
+//   - a frozen worker, or one with a fraud proof from a vouched member, mints nothing and costs
+//     its requesters nothing;
 //   - node → member comes from node-binding ops (earliest (at, cid) wins when a node consented
 //     twice) and applies to all of the node's receipts; an unbound node is its own member.
 // Sums of mins and maxes over groups are order-independent, which is what makes incremental
 // updates equal the cold fold (fold-state.ts keeps the aggregates and says how).
 
 import {
-  addToSet,
   contribute,
   type Derived,
   derive,
@@ -26,6 +26,7 @@ import {
   type FoldState,
   floorFor,
   indexBinding,
+  indexFraud,
   indexReceipt,
   indexVouch,
   isCarried,
@@ -97,6 +98,7 @@ export function applyOp(state: FoldState, op: FoldOp): void {
       // Its bindings and vouches start to count.
       for (const node of state.boundBy.get(op.author) ?? []) rebind(state, d, node)
       for (const member of state.vouchedBy.get(op.author) ?? []) revouch(state, d, member)
+      for (const worker of state.accused.get(op.author) ?? []) refraud(state, d, worker)
       return
     case 'node-binding':
       if (indexBinding(state, f.node, { member: op.author, at: op.at, cid: op.cid }) && d !== undefined) {
@@ -107,7 +109,7 @@ export function applyOp(state: FoldState, op: FoldOp): void {
       if (indexVouch(state, f.member, op.author) && d !== undefined) revouch(state, d, f.member)
       return
     case 'fraud-proof':
-      if (addToSet(state.fraud, f.worker, op.author) && d !== undefined) refraud(state, d, f.worker)
+      if (indexFraud(state, f.worker, op.author) && d !== undefined) refraud(state, d, f.worker)
       return
     case 'spot-check-verdict':
       // An honest or dishonest verdict alone changes no balance: only a fraud proof does.

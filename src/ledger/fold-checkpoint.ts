@@ -7,7 +7,7 @@
 
 import { z } from 'zod'
 import { createFoldState, type FoldState, type LedgerParams } from './balances.ts'
-import { addToSet, indexBinding, indexReceipt, indexVouch } from './fold-state.ts'
+import { indexBinding, indexFraud, indexReceipt, indexVouch } from './fold-state.ts'
 
 const CHECKPOINT_VERSION = 2
 
@@ -94,8 +94,7 @@ export function restoreFoldState(json: string, params?: LedgerParams): FoldState
     indexBinding(state, id(node), { member: id(member), at, cid })
   for (const [member, vouchers] of saved.vouches)
     for (const v of vouchers) indexVouch(state, id(member), id(v))
-  for (const [worker, accusers] of saved.fraud)
-    for (const a of accusers) addToSet(state.fraud, id(worker), id(a))
+  for (const [worker, accusers] of saved.fraud) for (const a of accusers) indexFraud(state, id(worker), id(a))
   state.derived = undefined
   return state
 }

@@ -48,7 +48,7 @@ export interface Totals {
 export interface Derived {
   memberOf: Map<string, string>
   vouched: Set<string>
-  /** Workers with a fraud proof from another, unfrozen author. */
+  /** Workers with a fraud proof from a vouched member (not themselves, not frozen). */
   voidWorkers: Set<string>
   /** worker member → requester member → day → gross credits (nested: no key strings to build) */
   pair: Map<string, Map<string, Map<number, number>>>
@@ -74,6 +74,8 @@ export interface FoldState {
   readonly vouchedBy: Map<string, Set<string>>
   /** worker → authors of fraud proofs against it */
   readonly fraud: Map<string, Set<string>>
+  /** author → workers it accused */
+  readonly accused: Map<string, Set<string>>
   /** One string object per peer id: a million receipts name a few thousand nodes. */
   readonly ids: Map<string, string>
   /** Aggregates; undefined after a fork, re-derived on the next read. */
@@ -92,6 +94,7 @@ export function emptyFoldState(params: LedgerParams): FoldState {
     vouches: new Map(),
     vouchedBy: new Map(),
     fraud: new Map(),
+    accused: new Map(),
     ids: new Map(),
     derived: emptyDerived(),
   }
@@ -177,7 +180,7 @@ export function derive(state: FoldState): Derived {
   }
   for (const member of state.vouches.keys()) if (isVouched(state, member)) d.vouched.add(member)
   for (const [worker, accusers] of state.fraud) {
-    if (provesFraud(state, worker, accusers)) d.voidWorkers.add(worker)
+    if (provesFraud(state, d, worker, accusers)) d.voidWorkers.add(worker)
   }
   for (const entry of state.receipts.values()) contribute(state, d, entry, 1)
   return d
@@ -231,11 +234,13 @@ export function revouch(state: FoldState, d: Derived, member: string): void {
   for (const gross of d.spendDays.get(member)?.values() ?? []) {
     t.charged += Math.max(0, gross - newFloor) - Math.max(0, gross - oldFloor)
   }
+  // Vouches only grow (a freeze re-derives everything), so this only ever adds authority.
+  for (const worker of state.accused.get(member) ?? []) refraud(state, d, worker)
 }
 
 /** Voids `worker` if its fraud proofs now prove it, taking its receipts back. */
 export function refraud(state: FoldState, d: Derived, worker: string): void {
-  if (d.voidWorkers.has(worker) || !provesFraud(state, worker, state.fraud.get(worker))) return
+  if (d.voidWorkers.has(worker) || !provesFraud(state, d, worker, state.fraud.get(worker))) return
   for (const cid of state.receiptsByNode.get(worker) ?? []) {
     const entry = state.receipts.get(cid)!
     if (entry.worker === worker) contribute(state, d, entry, -1)
@@ -260,9 +265,26 @@ function isVouched(state: FoldState, member: string): boolean {
   return n >= state.params.vouchesForFullFloor
 }
 
-function provesFraud(state: FoldState, worker: string, accusers: Set<string> | undefined): boolean {
-  for (const a of accusers ?? []) if (a !== worker && !state.frozen.has(a)) return true
+// Anyone can sign a fraud proof, and the fold cannot re-run the model to check its
+// evidence, so only a vouched member's proof voids a worker: a fresh key cannot zero out a
+// rival's earnings. (Re-checking the evidence by a second verifier is issue 5's next step.)
+function provesFraud(
+  state: FoldState,
+  d: Derived,
+  worker: string,
+  accusers: Set<string> | undefined,
+): boolean {
+  for (const a of accusers ?? []) {
+    if (a !== worker && isLiveMember(state, a) && d.vouched.has(a)) return true
+  }
   return false
+}
+
+/** Records a fraud proof's accusation; true when it is new. */
+export function indexFraud(state: FoldState, worker: string, accuser: string): boolean {
+  if (!addToSet(state.fraud, worker, accuser)) return false
+  addToSet(state.accused, accuser, worker)
+  return true
 }
 
 function totalsOf(d: Derived, member: string): Totals {

@@ -14,7 +14,7 @@ import {
 import { explainBalance } from '../../src/ledger/explain.ts'
 import { restoreFoldState, serializeFoldState } from '../../src/ledger/fold-checkpoint.ts'
 import { createLedger } from '../../src/ledger/ledger.ts'
-import type { LedgerOp } from '../../src/ledger/ops.ts'
+import type { LedgerOp, OpDraft } from '../../src/ledger/ops.ts'
 import { openDatabase } from '../../src/store/database.ts'
 import {
   bindingOp,
@@ -124,15 +124,15 @@ describe('balance fold', () => {
     assert.equal(balanceOf(both, worker.id).earned, CREDITS)
   })
 
-  test('a fraud proof from another member voids the worker’s receipts', () => {
+  test('a fraud proof from a vouched member voids the worker’s receipts', () => {
     const bytes = makeReceipt(worker, requester)
-    const ops: LedgerOp[] = [
-      ...chain(worker, [receiptOp(bytes)]),
-      ...chain(verifier, [{ kind: 'fraud-proof', body: { receipt: bytes, evidence: [] } }]),
-    ]
-    const state = foldOps(ops, [], params)
-    assert.equal(balanceOf(state, worker.id).earned, 0)
-    assert.equal(explainBalance(state, worker.id).excluded[0]?.reason, 'void-worker')
+    const accuse: OpDraft = { kind: 'fraud-proof', body: { receipt: bytes, evidence: [] } }
+    const ops: LedgerOp[] = [...chain(worker, [receiptOp(bytes)]), ...chain(verifier, [genesisOp(), accuse])]
+    const unvouched = foldOps(ops, [], params)
+    assert.equal(balanceOf(unvouched, worker.id).earned, CREDITS, 'a fresh key cannot void a rival')
+    const vouched = foldOps([...ops, ...chain(other, [genesisOp(), vouchOp(verifier)])], [], params)
+    assert.equal(balanceOf(vouched, worker.id).earned, 0)
+    assert.equal(explainBalance(vouched, worker.id).excluded[0]?.reason, 'void-worker')
   })
 
   test('incremental folding equals the cold fold, through a checkpoint', () => {

@@ -161,8 +161,14 @@ describe('ledger merge laws (fast-check)', () => {
       after: honest.findLast((op) => op.author === who.r2.id),
       at: LOGGED + 100,
     })
-    const ops = [...honest, ...fraud]
+    // r2 (a member by genesis) is vouched by o, so its proof counts whichever comes first.
+    const vouch = chain(who.o, [vouchOp(who.r2)], {
+      after: honest.findLast((op) => op.author === who.o.id),
+      at: LOGGED + 100,
+    })
+    const ops = [...honest, ...fraud, ...vouch]
     const cold = allBalances(foldOps(ops, [], params), T0)
+    assert.ok(!cold.some((b) => b.member === who.w2.id), 'the proven worker w2 earns nothing')
     fc.assert(
       fc.property(fc.shuffledSubarray(ops, { minLength: ops.length }), (order) => {
         const state = createFoldState(params)

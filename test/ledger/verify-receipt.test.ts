@@ -11,7 +11,7 @@ import {
   verdictDraft,
 } from '../../src/ledger/verify-receipt.ts'
 import { verifyCountersignedReceipt } from '../../src/mesh/job-records.ts'
-import { chain, makeReceipt, openLog, receiptOp, T0 } from './fixtures.ts'
+import { chain, genesisOp, makeReceipt, openLog, receiptOp, T0 } from './fixtures.ts'
 
 const at = (position: number, claimed: number, claimedProb: number, top: number[]): PositionEvidence => ({
   position,
@@ -75,7 +75,11 @@ describe('teacher-forced judgement', () => {
     assert.equal(verdict.facts.kind, 'spot-check-verdict')
     const proof = log.append(verifier, fraudProofDraft(receipt, j), { now: T0 + 20 })
     assert.deepEqual(proof.facts, { kind: 'fraud-proof', receipt: receipt.cid, worker: worker.id })
-    const state = foldOps([...chain(requester, [receiptOp(bytes)], { at: T0 + 5 }), verdict, proof], [])
+    const voucher = generateIdentity()
+    const vouching = chain(voucher, [genesisOp(), { kind: 'vouch', body: { member: verifier.id } }])
+    const membership = chain(verifier, [genesisOp()], { after: proof, at: T0 + 30 })
+    const receiptLog = chain(requester, [receiptOp(bytes)], { at: T0 + 5 })
+    const state = foldOps([...receiptLog, verdict, proof, ...membership, ...vouching], [])
     assert.equal(balanceOf(state, worker.id).earned, 0)
     assert.throws(() => fraudProofDraft(receipt, { ...j, honest: true }))
   })
