@@ -9,7 +9,7 @@
 // daemon with a systemd-delegated v2 subtree is not handled yet (TODO: it needs the daemon
 // to move itself into a leaf first, because of v2's no-internal-processes rule).
 
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs'
 import { availableParallelism } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -74,6 +74,7 @@ export function detectCgroups(): CgroupSupport {
             String(Math.min(10_000, NICE_0_WEIGHT * availableParallelism())),
           )
         } catch {} // only where the root delegates cpu to its children
+        sweepStaleGroups([group])
         return { version: 2, group }
       } catch (err) {
         reasons.push(`cgroup v2 at ${v2.path}: ${(err as Error).message}`)
@@ -95,10 +96,43 @@ export function detectCgroups(): CgroupSupport {
     // a group is ONE scheduling entity against every task outside it: weigh the parent like
     // all cores' worth of tasks, or a busy host would starve runners more than plain processes
     writeFileSync(join(cpu, GROUP, 'cpu.shares'), String(NICE_0_SHARES * availableParallelism()))
-    return { version: 1, memory: join(memory, GROUP), cpu: join(cpu, GROUP), pids: join(pids, GROUP) }
+    const support = {
+      version: 1,
+      memory: join(memory, GROUP),
+      cpu: join(cpu, GROUP),
+      pids: join(pids, GROUP),
+    } as const
+    sweepStaleGroups([support.memory, support.cpu, support.pids])
+    return support
   } catch (err) {
     reasons.push(`cgroup v1: ${(err as Error).message} (the daemon needs root or a delegated cgroup)`)
     return { version: 0, reason: reasons.join('; ') }
+  }
+}
+
+/**
+ * Removes the empty runner groups of daemons that are gone (`runner-<daemon pid>-…`): a daemon
+ * killed outright cannot remove its own. A group with a live process in it is left alone
+ * (rmdir refuses), and so is any group whose daemon pid is alive.
+ */
+function sweepStaleGroups(parents: string[]): void {
+  for (const parent of parents) {
+    for (const name of readdirSync(parent)) {
+      const pid = Number(/^runner-(\d+)-/.exec(name)?.[1])
+      if (!Number.isInteger(pid) || pid === process.pid || isAlive(pid)) continue
+      try {
+        rmdirSync(join(parent, name))
+      } catch {}
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
   }
 }
 
