@@ -1,13 +1,16 @@
 // The gvisor backend runs the real runner: runsc (ptrace platform, no network) starts it
-// from a generated OCI bundle, it loads the one model it is given and answers a chat.
+// from a generated OCI bundle, it loads the one model it is given and answers a chat; its
+// cgroup's OOM kill is reported as such.
 
 import assert from 'node:assert/strict'
 import { readFileSync, rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, it } from 'node:test'
+import { SubstrateError } from '../../src/errors.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
 import type { ModelRecord } from '../../src/models/types.ts'
+import { startRunner } from '../../src/runtime/runner-client.ts'
 import { createRuntime } from '../../src/runtime/runtime.ts'
 import { findTool } from '../../src/sandbox/bwrap.ts'
 import { createRunnerSpawner } from '../../src/sandbox/select.ts'
@@ -63,4 +66,32 @@ it('runs the real runner under gVisor and answers a chat', { timeout: 120_000 },
   } finally {
     await runtime.stop()
   }
+})
+
+it('reports a runner that meets its memory ceiling under gVisor as out of memory', {
+  timeout: 60_000,
+}, async () => {
+  const path = join(home, 'tiny.gguf')
+  await writeTinyModel(path)
+  // the cgroup holds the whole runsc tree: 64 MiB cannot hold gVisor's sentry and Node
+  const launcher = await createRunnerSpawner(
+    { logger: silentLogger },
+    { backend: 'gvisor', memoryBytes: 64 * 2 ** 20 },
+  )
+  await assert.rejects(
+    startRunner({
+      launcher,
+      logger: silentLogger,
+      modelPath: path,
+      contextSize: 512,
+      parallel: 1,
+      threads: 1,
+    }),
+    (err: unknown) => {
+      assert.ok(err instanceof SubstrateError, String(err))
+      assert.equal(err.code, 'E_RUNNER_START')
+      assert.match(err.message, /killed: out of memory \(limit 64 MiB\)/)
+      return true
+    },
+  )
 })
