@@ -30,6 +30,10 @@ import { isLedgerError, LedgerError } from './ledger-error.ts'
 import { createVerifiedReceiptCache, decodeOp, type LedgerOp, type OpDraft, signOp } from './ops.ts'
 import type { Heads, SyncPlan } from './vector.ts'
 
+/** Most ops one ingestMany call takes, and their most bytes: a sync batch is bounded. */
+export const MAX_BATCH_OPS = 1000
+export const MAX_BATCH_BYTES = 8 * 1024 * 1024
+
 export type IngestResult =
   | { status: 'added'; op: LedgerOp }
   | { status: 'duplicate'; cid: string }
@@ -57,7 +61,10 @@ export interface LedgerLogEvents {
 export interface LedgerLog {
   /** Validates and stores one op; throws LedgerError when refused. */
   ingest(bytes: Uint8Array): IngestResult
-  /** Ingests a batch in one transaction; refusals are collected, not thrown. */
+  /**
+   * Ingests a batch in one transaction; refusals of single ops are collected, not thrown.
+   * A batch over MAX_BATCH_OPS or MAX_BATCH_BYTES is refused whole (LedgerError 'oversize').
+   */
   ingestMany(batch: readonly Uint8Array[]): IngestSummary
   /** Verifies a fork proof on its own (no chain needed) and freezes its author. */
   ingestForkProof(proof: { first: Uint8Array; second: Uint8Array }): boolean
@@ -148,6 +155,14 @@ export function createLedgerLog(components: LedgerLogComponents, init: LedgerLog
   return {
     ingest,
     ingestMany(batch) {
+      const bytes = batch.reduce((n, op) => n + op.length, 0)
+      if (batch.length > MAX_BATCH_OPS || bytes > MAX_BATCH_BYTES) {
+        // Refused whole and before any work: a peer that sends more is misbehaving.
+        throw new LedgerError(
+          'oversize',
+          `a batch of ${batch.length} ops, ${bytes} bytes, exceeds ${MAX_BATCH_OPS} ops or ${MAX_BATCH_BYTES} bytes`,
+        )
+      }
       const summary: IngestSummary = { added: 0, duplicates: 0, forks: 0, refused: [] }
       db.transaction(() => {
         batch.forEach((bytes, index) => {

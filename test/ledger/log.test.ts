@@ -4,6 +4,7 @@ import * as dagCbor from '@ipld/dag-cbor'
 import { encodeEnvelope, signEnvelope } from '../../src/identity/envelope.ts'
 import { generateIdentity } from '../../src/identity/keys.ts'
 import { isLedgerError, type LedgerRefusal } from '../../src/ledger/ledger-error.ts'
+import { MAX_BATCH_OPS } from '../../src/ledger/log.ts'
 import { decodeOp, signOp } from '../../src/ledger/ops.ts'
 import { diff, emptyHeads, planSize } from '../../src/ledger/vector.ts'
 import { countersignReceipt, signReceipt } from '../../src/mesh/job-records.ts'
@@ -125,6 +126,15 @@ describe('ledger log ingest', () => {
     const huge = new Uint8Array(recordTypes['ledger-op'].maxBytes + 1)
     assert.throws(() => log.ingest(huge), refused('oversize'))
     assert.throws(() => decodeOp(huge), refused('oversize'))
+  })
+
+  test('an oversize batch is refused whole before any op is checked', () => {
+    const { log } = openLog()
+    const [op] = chain(worker, [genesisOp()])
+    const batch = Array.from({ length: MAX_BATCH_OPS + 1 }, () => op!.bytes)
+    assert.throws(() => log.ingestMany(batch), refused('oversize'))
+    assert.equal(log.heads().vector.size, 0)
+    assert.equal(log.ingestMany(batch.slice(0, MAX_BATCH_OPS)).duplicates, MAX_BATCH_OPS - 1)
   })
 
   test('a worker that inflates the token counts of a countersigned receipt is refused', () => {
