@@ -25,6 +25,7 @@ import {
 import { type Identity, publicKeyFromId } from '../identity/keys.ts'
 import { verifyCountersignedReceipt } from '../mesh/job-records.ts'
 import { recordTypeSpec } from '../protocol/domains.ts'
+import { peekEnvelopeTimes } from './envelope-times.ts'
 import { LedgerError } from './ledger-error.ts'
 
 export const OP_KINDS = [
@@ -337,6 +338,8 @@ export function createdOf(bytes: Uint8Array): number {
 }
 
 function envelopeTimes(bytes: Uint8Array): { created: number; expires: number } {
+  const peeked = peekEnvelopeTimes(bytes)
+  if (peeked !== undefined) return peeked
   let decoded: unknown
   try {
     decoded = dagCbor.decode(bytes)
