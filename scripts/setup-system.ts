@@ -1,11 +1,13 @@
 // Installs the system packages the node needs and npm cannot provide: bubblewrap (the
-// runner sandbox). Runs before the demo and the tests. As root (or with passwordless sudo)
+// runner sandbox), and compiles the sandbox's Landlock helper (src/sandbox/landlock-exec.c)
+// when a C compiler is there. Runs before the demo and the tests. As root (or with passwordless sudo)
 // on a Debian/Ubuntu machine it installs them with apt; otherwise it prints the one command
 // to run and exits non-zero only when --require is given.
 import { spawnSync } from 'node:child_process'
 import { chmodSync, statSync } from 'node:fs'
 import { dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { buildLandlockHelper } from '../src/sandbox/landlock.ts'
 
 // Sandboxed runners run as an unprivileged user that must reach the runtime (node, the
 // runner sources, node_modules) through every directory above the project. A checkout in a
@@ -23,6 +25,12 @@ function makeProjectTraversable(): void {
   }
 }
 makeProjectTraversable()
+
+// Soft: without the helper runners still start sandboxed, without Landlock (doctor says so).
+const landlock = buildLandlockHelper()
+if (!landlock.ok)
+  console.log(`• Landlock helper not built, runners will run without Landlock: ${landlock.reason}`)
+else if (landlock.built) console.log(`• built the Landlock helper: ${landlock.path}`)
 
 const packages = [{ binary: 'bwrap', pkg: 'bubblewrap' }]
 const has = (bin: string) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0

@@ -8,17 +8,18 @@
 //   sh (joins the runner cgroup as root, race-free: before anything forks)
 //   → prlimit (NOFILE, NPROC, CORE=0)
 //   → setpriv (runner uid/gid, no groups; parent-death signal so bwrap dies with the daemon)
-//   → bwrap (namespaces, binds, seccomp) → node runner
+//   → bwrap (namespaces, binds, seccomp) → landlock-exec (Landlock ruleset) → node runner
 //
-// Landlock is NOT applied. Node has no syscall access, and the ruleset has to be made
-// inside the sandbox after bwrap's mounts (a Landlock-restricted process may not mount), so
-// something must run landlock_create_ruleset/add_rule/restrict_self between bwrap and node.
-// TODO(sandbox): exec a helper before node that restricts reads to the binds, writes to
-// /tmp and the model to a rule on its fd: a tiny static binary the project ships, or
-// perl's syscall() (perl-base is Essential on Debian; the doctor already uses it to read the
-// kernel's Landlock ABI). Until then doctor reports Landlock as not enforced.
+// Landlock stacks on the binds: landlock-exec (landlock.ts, a tiny C helper the setup
+// compiles; Node has no syscall access) runs inside the sandbox after bwrap's mounts (a
+// restricted process may not mount) and before node. It allows read+execute beneath the
+// runtime, the system libraries, /proc and the model's file (a rule on the inherited fd's
+// file), read/write beneath /tmp and /dev, and denies every other file access, TCP bind
+// and connect, and abstract unix sockets and signals out of the sandbox. Where the helper
+// cannot be built (no compiler) or the kernel has no Landlock the sandbox runs without it;
+// `landlock` says so and the doctor reports it.
 
-import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process'
+import { type ChildProcessWithoutNullStreams, spawn, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { accessSync, closeSync, constants, existsSync, lstatSync, openSync, readlinkSync } from 'node:fs'
 import { delimiter, dirname, join, sep } from 'node:path'
@@ -26,6 +27,7 @@ import { fileURLToPath } from 'node:url'
 import { SubstrateError } from '../errors.ts'
 import { runnerEntry, type SpawnRunner } from '../runtime/spawn.ts'
 import { type CgroupSupport, createRunnerCgroup, detectCgroups, type RunnerCgroup } from './cgroups.ts'
+import { buildLandlockHelper } from './landlock.ts'
 import type { RunnerUser } from './runner-user.ts'
 import { seccompFilterBytes } from './seccomp.ts'
 
@@ -45,7 +47,14 @@ export interface BwrapInit {
   nofile?: number
   /** detected once per sandbox when not given */
   cgroups?: CgroupSupport
+  /** false: no Landlock even where the helper and the kernel have it (default true) */
+  landlock?: boolean
 }
+
+/** Whether runners get a Landlock ruleset, and the kernel's ABI when they do. */
+export type LandlockStatus =
+  | { enforced: true; abi: number; helper: string }
+  | { enforced: false; reason: string }
 
 export interface SandboxSpawnSpec {
   /** absolute program path and its arguments, as seen inside the sandbox */
@@ -54,6 +63,8 @@ export interface SandboxSpawnSpec {
   modelPath?: string
   /** more host paths bound read-only at the same path (probe scripts, doctor tools) */
   readOnlyBinds?: string[]
+  /** host paths bound read-only but left out of the Landlock allow-list (probes of Landlock) */
+  unlistedBinds?: string[]
   /** CPU quota in cores; 0 or absent = none */
   cpus?: number
 }
@@ -74,6 +85,7 @@ export interface SandboxedProcess {
 
 export interface Sandbox {
   readonly cgroups: CgroupSupport
+  readonly landlock: LandlockStatus
   spawn(spec: SandboxSpawnSpec): SandboxedProcess
 }
 
@@ -131,6 +143,37 @@ function systemArgs(): string[] {
   return args
 }
 
+/**
+ * Asks the helper for the kernel's Landlock ABI (one short exec per sandbox). The setup
+ * builds the helper; where it did not run, this builds it once (~0.3 s), failing soft.
+ */
+export function detectLandlock(): LandlockStatus {
+  const built = buildLandlockHelper()
+  if (!built.ok) {
+    return { enforced: false, reason: `the landlock-exec helper is not built: ${built.reason}` }
+  }
+  const helper = built.path
+  const r = spawnSync(helper, ['--abi'], { encoding: 'utf8', timeout: 5000 })
+  const abi = Number(r.stdout?.trim())
+  if (r.status !== 0 || !Number.isInteger(abi)) {
+    return {
+      enforced: false,
+      reason: `${helper} --abi failed: ${(r.stderr || r.error?.message || '').trim()}`,
+    }
+  }
+  if (abi < 1) return { enforced: false, reason: 'the kernel has no Landlock' }
+  return { enforced: true, abi, helper }
+}
+
+/** What landlock-exec may reach: the binds read-only (but for unlisted ones), /tmp and /dev read/write. */
+function landlockArgs(helper: string, readOnly: string[], model: boolean): string[] {
+  const system = ['/usr/lib', '/usr/lib64', '/usr/lib32', '/lib', '/lib64', '/lib32', '/proc']
+  return [
+    ...[helper, '--ro', ...system, ...readOnly, ...(model ? [SANDBOX_MODEL_PATH] : [])],
+    ...['--rw', '/tmp', '/dev', '--'],
+  ]
+}
+
 let sequence = 0
 
 export function createSandbox(init: BwrapInit): Sandbox {
@@ -147,9 +190,16 @@ export function createSandbox(init: BwrapInit): Sandbox {
   const seccomp = seccompFilterBytes()
   const system = systemArgs()
   const runtime = runtimeBinds()
+  const landlock: LandlockStatus =
+    init.landlock === false ? { enforced: false, reason: 'turned off for this sandbox' } : detectLandlock()
 
   function commandChain(spec: SandboxSpawnSpec, cgroup: RunnerCgroup | undefined): string[] {
-    const binds = [...runtime, ...(spec.readOnlyBinds ?? [])].flatMap((p) => ['--ro-bind', p, p])
+    const listed = [...runtime, ...(spec.readOnlyBinds ?? [])]
+    const helper = landlock.enforced ? [landlock.helper] : []
+    const binds = [...listed, ...(spec.unlistedBinds ?? []), ...helper].flatMap((p) => ['--ro-bind', p, p])
+    const restrict = landlock.enforced
+      ? landlockArgs(landlock.helper, listed, spec.modelPath !== undefined)
+      : []
     const model =
       spec.modelPath === undefined
         ? []
@@ -167,6 +217,7 @@ export function createSandbox(init: BwrapInit): Sandbox {
       // bwrap's own root and /dev are writable tmpfs mounts: seal them once populated
       ...['--remount-ro', '/dev', '--remount-ro', '/'],
       ...['--seccomp', String(SECCOMP_FD), '--chdir', '/tmp', '--'],
+      ...restrict,
       ...spec.argv,
     ]
     const user = init.runnerUser
@@ -229,7 +280,7 @@ export function createSandbox(init: BwrapInit): Sandbox {
     return { child, cgroup, exited }
   }
 
-  return { cgroups, spawn: spawnSandboxed }
+  return { cgroups, landlock, spawn: spawnSandboxed }
 }
 
 // Writes its own pid into each cgroup.procs given before `--`, then execs the rest.

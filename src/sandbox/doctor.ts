@@ -6,8 +6,9 @@ import { execFile } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
-import { type BwrapInit, createSandbox, findTool } from './bwrap.ts'
+import { type BwrapInit, createSandbox, findTool, type LandlockStatus } from './bwrap.ts'
 import type { CgroupSupport } from './cgroups.ts'
+import { LANDLOCK_SOURCE } from './landlock.ts'
 import { ensureRunnerUser } from './runner-user.ts'
 
 const run = promisify(execFile)
@@ -21,6 +22,9 @@ export interface LayerReport {
 
 const MiB = 2 ** 20
 const PROBE_LIMITS = { memoryBytes: 256 * MiB, pids: 64, tmpfsBytes: 8 * MiB, nofile: 1024 }
+// bound into the probe's sandbox but left out of the Landlock allow-list: a world-readable
+// file, so that only Landlock can make the read fail (with EACCES)
+const LANDLOCK_PROBE_PATH = '/etc/passwd'
 
 // Runs inside the sandbox: prints what it sees, then waits for stdin to close so that the
 // daemon can look at it from the outside while it is alive.
@@ -36,6 +40,8 @@ function report(tcp) {
     pid: process.pid, tcp, status: read('/proc/self/status'), uidMap: read('/proc/self/uid_map'),
     netDev: read('/proc/net/dev'), limits: read('/proc/self/limits'),
     shadow: read('/etc/shadow').startsWith('ERR') ? read('/etc/shadow') : 'READABLE', writeRoot: tryWrite('/substrate-doctor'),
+    unlisted: read(${JSON.stringify(LANDLOCK_PROBE_PATH)}).startsWith('ERR') ? read(${JSON.stringify(LANDLOCK_PROBE_PATH)}) : 'READABLE',
+    writeTmp: tryWrite('/tmp/substrate-doctor'),
   }) + '\\n')
   process.stdin.resume()
 }`
@@ -49,6 +55,8 @@ interface Inside {
   limits: string
   shadow: string
   writeRoot: string
+  unlisted: string
+  writeTmp: string
 }
 
 const field = (text: string, name: string) =>
@@ -75,7 +83,8 @@ export async function probeSandbox(options: { active?: string } = {}): Promise<L
       })
     }
   }
-  reports.push(await probeLandlock(), await probeGvisor(options.active === 'gvisor'))
+  if (!reports.some((r) => r.layer === 'landlock')) reports.push(await probeLandlock())
+  reports.push(await probeGvisor(options.active === 'gvisor'))
   return reports
 }
 
@@ -83,7 +92,8 @@ async function probeBwrap(bwrap: string): Promise<LayerReport[]> {
   const runnerUser = process.getuid?.() === 0 ? await ensureRunnerUser() : undefined
   const init: BwrapInit = { runnerUser, ...PROBE_LIMITS }
   const sandbox = createSandbox(init)
-  const { child, cgroup, exited } = sandbox.spawn({ argv: [process.execPath, '-e', INSIDE] })
+  const unlistedBinds = existsSync(LANDLOCK_PROBE_PATH) ? [LANDLOCK_PROBE_PATH] : []
+  const { child, cgroup, exited } = sandbox.spawn({ argv: [process.execPath, '-e', INSIDE], unlistedBinds })
   let stdout = ''
   let stderr = ''
   child.stderr.on('data', (d) => {
@@ -159,6 +169,7 @@ async function probeBwrap(bwrap: string): Promise<LayerReport[]> {
         .map((l) => l.replace(/\s{2,}/g, ' ').trim())
         .join('; '),
     },
+    landlockReport(sandbox.landlock, inside, unlistedBinds.length > 0),
   ]
   // a fix is advice for what is missing: drop it where the layer holds
   return reports.map((r) => (r.enforced ? { layer: r.layer, enforced: true, detail: r.detail } : r))
@@ -203,6 +214,27 @@ function cgroupReport(
   }
 }
 
+function landlockReport(status: LandlockStatus, inside: Inside, probed: boolean): LayerReport {
+  if (!status.enforced) {
+    return {
+      layer: 'landlock',
+      enforced: false,
+      detail: `runners get no Landlock ruleset: ${status.reason}`,
+      fix: status.reason.includes('not built')
+        ? `install a C compiler (apt-get install -y gcc), then node scripts/setup-system.ts compiles ${LANDLOCK_SOURCE}`
+        : 'a kernel with Landlock (5.13+, landlock in the lsm= list)',
+    }
+  }
+  return {
+    layer: 'landlock',
+    enforced: probed && inside.unlisted === 'ERR EACCES' && inside.writeTmp === 'ok',
+    detail: probed
+      ? `ABI ${status.abi}: reading ${LANDLOCK_PROBE_PATH} (bound, not allowed): ${inside.unlisted.replace('ERR ', '')}; writing /tmp: ${inside.writeTmp}`
+      : `ABI ${status.abi}, but ${LANDLOCK_PROBE_PATH} is missing, so the ruleset could not be probed`,
+  }
+}
+
+/** Only where the bwrap probe could not run: what the kernel offers. */
 async function probeLandlock(): Promise<LayerReport> {
   // No syscall access from Node: perl's syscall() asks landlock_create_ruleset for the ABI.
   let detail = 'kernel support unknown (perl is needed to ask the kernel)'
@@ -217,8 +249,7 @@ async function probeLandlock(): Promise<LayerReport> {
   return {
     layer: 'landlock',
     enforced: false,
-    detail: `${detail}; the substrate does not apply a ruleset yet`,
-    fix: 'not yet implemented (TODO in src/sandbox/bwrap.ts)',
+    detail: `${detail}; the ruleset is applied inside the bwrap sandbox, which did not run`,
   }
 }
 

@@ -16,7 +16,9 @@ import {
   findTool,
   type Sandbox,
   type SandboxExit,
+  type SandboxSpawnSpec,
 } from '../../src/sandbox/bwrap.ts'
+import { buildLandlockHelper } from '../../src/sandbox/landlock.ts'
 import { ensureRunnerUser } from '../../src/sandbox/runner-user.ts'
 import { DENIED_SYSCALLS, EPERM, hostSeccompArch } from '../../src/sandbox/seccomp.ts'
 
@@ -35,10 +37,16 @@ interface ProbeRun {
   stderr: string
 }
 
-async function probe(args: string[], timeoutMs = 30_000): Promise<ProbeRun> {
-  const { child, exited } = sandbox.spawn({
+async function probe(
+  args: string[],
+  timeoutMs = 30_000,
+  extra: Partial<SandboxSpawnSpec> = {},
+  on = sandbox,
+) {
+  const { child, exited } = on.spawn({
     argv: [process.execPath, PROBE, ...args],
     readOnlyBinds: [PROBE, PERL],
+    ...extra,
   })
   let stdout = ''
   let stderr = ''
@@ -52,15 +60,19 @@ async function probe(args: string[], timeoutMs = 30_000): Promise<ProbeRun> {
   const exit = await exited
   clearTimeout(timer)
   const line = stdout.split('\n').find((l) => l.startsWith('{'))
-  return { result: line === undefined ? undefined : JSON.parse(line), exit, stderr }
+  const run: ProbeRun = { result: line === undefined ? undefined : JSON.parse(line), exit, stderr }
+  return run
 }
 
 before(async () => {
   assert.ok(findTool('bwrap'), 'bubblewrap is not installed: run `apt-get install -y bubblewrap` as root')
   assert.ok(existsSync(PERL), 'the syscall probes need perl (Debian: perl-base)')
+  const built = buildLandlockHelper()
+  assert.ok(built.ok, built.ok ? '' : `the Landlock helper must build: ${built.reason}`)
   const runnerUser = process.getuid?.() === 0 ? await ensureRunnerUser() : undefined
   init = { runnerUser, ...LIMITS }
   sandbox = createSandbox(init)
+  assert.equal(sandbox.landlock.enforced, true, JSON.stringify(sandbox.landlock))
   assert.notEqual(
     sandbox.cgroups.version,
     0,
@@ -113,6 +125,32 @@ describe('the filesystem', () => {
     const { result } = await probe(['filltmp'])
     assert.equal(result?.code, 'ENOSPC')
     assert.ok(Number(result?.mebibytes) <= LIMITS.tmpfsBytes / MiB, JSON.stringify(result))
+  })
+})
+
+describe('Landlock', () => {
+  // /etc/passwd: world-readable, so only Landlock can make a bound copy unreadable
+  const bound = { unlistedBinds: ['/etc/passwd'] }
+
+  it('denies a path bound into the sandbox but outside the allow-list with EACCES', async () => {
+    assert.deepEqual((await probe(['read', '/etc/passwd'], 30_000, bound)).result, {
+      ok: false,
+      code: 'EACCES',
+    })
+    // the same bind without Landlock reads: the ruleset is what stops it
+    const plain = createSandbox({ ...init, landlock: false })
+    assert.deepEqual((await probe(['read', '/etc/passwd'], 30_000, bound, plain)).result, { ok: true })
+  })
+
+  it('denies writes outside /tmp that the mounts allow (/proc/self/comm)', async () => {
+    assert.deepEqual((await probe(['write', '/proc/self/comm'])).result, { ok: false, code: 'EACCES' })
+    const plain = createSandbox({ ...init, landlock: false })
+    assert.deepEqual((await probe(['write', '/proc/self/comm'], 30_000, {}, plain)).result, { ok: true })
+    assert.deepEqual((await probe(['write', '/tmp/scratch'])).result, { ok: true })
+  })
+
+  it('denies listing directories outside the allow-list (/)', async () => {
+    assert.deepEqual((await probe(['read', '/'])).result, { ok: false, code: 'EACCES' })
   })
 })
 

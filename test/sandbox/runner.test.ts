@@ -1,5 +1,5 @@
-// The real runner (node-llama-cpp and all) works inside the full sandbox: it loads a model
-// it can only reach through the inherited fd and answers a chat request over stdio.
+// The real runner (node-llama-cpp and all) works inside the full sandbox, Landlock included:
+// it loads a model it can only reach through the inherited fd and answers a chat request.
 
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -8,7 +8,8 @@ import { join } from 'node:path'
 import { after, before, it } from 'node:test'
 import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
 import { createLineSplitter, type FromRunner, type ToRunner } from '../../src/runtime/protocol.ts'
-import { createBwrapSpawner, findTool, SANDBOX_MODEL_PATH } from '../../src/sandbox/bwrap.ts'
+import { createBwrapSpawner, detectLandlock, findTool, SANDBOX_MODEL_PATH } from '../../src/sandbox/bwrap.ts'
+import { buildLandlockHelper } from '../../src/sandbox/landlock.ts'
 import { ensureRunnerUser } from '../../src/sandbox/runner-user.ts'
 
 const GiB = 2 ** 30
@@ -16,6 +17,9 @@ let home: string
 
 before(() => {
   assert.ok(findTool('bwrap'), 'bubblewrap is not installed: run `apt-get install -y bubblewrap` as root')
+  // the full stack, Landlock included: the runner must load and answer under the ruleset
+  assert.ok(buildLandlockHelper().ok, 'the Landlock helper must build')
+  assert.equal(detectLandlock().enforced, true, JSON.stringify(detectLandlock()))
   // mkdtemp makes the directory 0700: the runner account could not open the model by path
   home = mkdtempSync(join(tmpdir(), 'substrate-sandbox-runner-'))
 })
