@@ -1,0 +1,180 @@
+// What the daemon costs a machine when it is doing nothing, and how fast the CLI answers:
+//  - resident memory (VmRSS) of an idle `substrate serve` with no model loaded, once it has
+//    settled, run from the sources (type stripping) and from the build;
+//  - wall time of `substrate --version`, median of N runs, from the sources and the build,
+//    next to a bare `node -e 0` (the floor any Node CLI pays).
+// The build is compiled afresh (tsconfig.build.json) so it is current, into a cache folder
+// under node_modules: packages still resolve from there, and neither the project's dist/
+// nor the linted bench/ folder is touched.
+//
+//   node bench/daemon-footprint.ts [--runs 10]
+
+import { spawn, spawnSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { pathToFileURL } from 'node:url'
+import { parseArgs } from 'node:util'
+import { repoRoot, sourceRevision, startDaemon } from './daemon-process.ts'
+import { loadAverage, machineInfo, median, round, rssMiB, sleep } from './machine.ts'
+
+const { values } = parseArgs({ options: { runs: { type: 'string', default: '10' } } })
+const RUNS = Number(values.runs)
+const RSS_TARGET_MB = 120
+const VERSION_TARGET_MS = 300
+
+const distDir = join(repoRoot, 'node_modules/.cache/substrate-bench/dist')
+// tsc emits even when it reports type errors (work in progress elsewhere in the tree): only a
+// missing entry point stops the benchmark
+const build = spawnSync(
+  process.execPath,
+  [join(repoRoot, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json', '--outDir', distDir],
+  { cwd: repoRoot, encoding: 'utf8' },
+)
+if (!existsSync(join(distDir, 'cli/main.js')))
+  throw new Error(`the build produced no cli/main.js:\n${build.stdout}`)
+const buildTypeErrors = build.status === 0 ? 0 : (build.stdout.match(/error TS/g) ?? []).length
+
+const entries = {
+  source: join(repoRoot, 'src/cli/main.ts'),
+  built: join(distDir, 'cli/main.js'),
+}
+
+/** Waits until RSS stops moving (three samples 500 ms apart within 1 MiB), at most 15 s. */
+async function settledRss(
+  pid: number,
+): Promise<{ rssMiB: number; settledAfterMs: number; samples: number[] }> {
+  const started = performance.now()
+  const samples: number[] = []
+  for (;;) {
+    await sleep(500)
+    samples.push(rssMiB(pid))
+    const last = samples.slice(-3)
+    const settled = samples.length >= 4 && Math.max(...last) - Math.min(...last) < 1
+    if (settled || performance.now() - started > 15_000) {
+      return {
+        rssMiB: round(samples.at(-1)!),
+        settledAfterMs: Math.round(performance.now() - started),
+        samples: samples.map((s) => round(s)),
+      }
+    }
+  }
+}
+
+async function idleDaemon(entry: string, env?: Record<string, string>) {
+  const daemon = await startDaemon({ entry, env })
+  try {
+    const settled = await settledRss(daemon.pid)
+    const runners = (await (await fetch(`${daemon.url}/substrate/v1/runners`)).json()) as {
+      runners: unknown[]
+    }
+    const status = readFileSync(`/proc/${daemon.pid}/status`, 'utf8')
+    const peakMiB = Number(/^VmHWM:\s*(\d+)/m.exec(status)?.[1] ?? Number.NaN) / 1024
+    return { ...settled, peakMiB: round(peakMiB), loadedRunners: runners.runners.length }
+  } finally {
+    await daemon.stop()
+  }
+}
+
+async function idleBareNode() {
+  return idleNode('setInterval(() => {}, 60_000)')
+}
+
+/** RSS of a node process that has imported one module (a path or a package) and idles. */
+async function importRss(specifier: string): Promise<number | string> {
+  if (specifier.startsWith('/') && !existsSync(specifier)) return 'absent'
+  const url = specifier.startsWith('/') ? pathToFileURL(specifier).href : specifier
+  return (await idleNode(`await import(${JSON.stringify(url)}); setInterval(() => {}, 60_000)`)).rssMiB
+}
+
+async function idleNode(code: string) {
+  const child = spawn(process.execPath, ['--input-type=module', '-e', code], {
+    cwd: repoRoot,
+    stdio: 'ignore',
+  })
+  try {
+    return await settledRss(child.pid ?? 0)
+  } finally {
+    child.kill('SIGKILL')
+  }
+}
+
+/** One command's wall time, ms, from spawn to exit. */
+function wallMs(args: string[]): number {
+  const started = performance.now()
+  const res = spawnSync(process.execPath, args, { cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] })
+  const ms = performance.now() - started
+  if (res.status !== 0) throw new Error(`${args.join(' ')} exited ${res.status}: ${res.stderr}`)
+  return ms
+}
+
+const loadBefore = loadAverage()
+const idle = { source: await idleDaemon(entries.source), built: await idleDaemon(entries.built) }
+// Where the memory goes: the same built daemon without the mesh (libp2p), then also without
+// the sandbox, and an idle bare Node process (the floor for any Node daemon).
+const breakdown = {
+  builtWithoutMesh: await idleDaemon(entries.built, { SUBSTRATE_MESH: 'false' }),
+  builtWithoutMeshOrSandbox: await idleDaemon(entries.built, {
+    SUBSTRATE_MESH: 'false',
+    SUBSTRATE_SANDBOX: 'none',
+  }),
+  bareNode: await idleBareNode(),
+  // what only loading the code costs, before anything starts: a node process that imports the
+  // module and then idles
+  importOnly: {
+    compositionRoot: await importRss(join(distDir, 'node.js')),
+    mesh: await importRss(join(distDir, 'mesh/mesh.js')),
+    apiServer: await importRss(join(distDir, 'api/server.js')),
+    libp2p: await importRss('libp2p'),
+  },
+}
+
+const commands = {
+  nodeFloor: ['-e', '0'],
+  source: [entries.source, '--version'],
+  built: [entries.built, '--version'],
+} as const
+const times: Record<keyof typeof commands, number[]> = { nodeFloor: [], source: [], built: [] }
+for (const args of Object.values(commands)) wallMs([...args]) // warm the file cache
+for (let i = 0; i < RUNS; i++) {
+  for (const [name, args] of Object.entries(commands) as Array<[keyof typeof commands, readonly string[]]>) {
+    times[name].push(wallMs([...args]))
+  }
+}
+const version = Object.fromEntries(
+  Object.entries(times).map(([name, list]) => [
+    name,
+    { medianMs: round(median(list)), minMs: round(Math.min(...list)), maxMs: round(Math.max(...list)) },
+  ]),
+) as Record<keyof typeof commands, { medianMs: number; minMs: number; maxMs: number }>
+
+const result = {
+  benchmark: 'daemon-footprint',
+  date: new Date().toISOString(),
+  machine: machineInfo(),
+  source: sourceRevision(),
+  loadavg: { before: loadBefore, after: loadAverage() },
+  buildTypeErrors,
+  idleDaemonRss: idle,
+  idleRssBreakdown: breakdown,
+  versionWallTime: { runs: RUNS, ...version },
+  targets: {
+    idleRssAtMost120MB: {
+      target: RSS_TARGET_MB,
+      met: Math.max(idle.source.rssMiB, idle.built.rssMiB) <= RSS_TARGET_MB,
+    },
+    versionAtMost300Ms: {
+      target: VERSION_TARGET_MS,
+      met: Math.max(version.source.medianMs, version.built.medianMs) <= VERSION_TARGET_MS,
+    },
+  },
+}
+console.log(JSON.stringify(result, null, 2))
+console.error(
+  `\nidle daemon RSS: source ${idle.source.rssMiB} MiB, built ${idle.built.rssMiB} MiB (target ≤ ${RSS_TARGET_MB})` +
+    `\n  built without mesh ${breakdown.builtWithoutMesh.rssMiB} MiB, without mesh or sandbox ` +
+    `${breakdown.builtWithoutMeshOrSandbox.rssMiB} MiB, bare node ${breakdown.bareNode.rssMiB} MiB` +
+    `\n  import only: ${JSON.stringify(breakdown.importOnly)} MiB` +
+    `\n--version median of ${RUNS}: source ${version.source.medianMs} ms, built ${version.built.medianMs} ms, ` +
+    `bare node ${version.nodeFloor.medianMs} ms (target ≤ ${VERSION_TARGET_MS})` +
+    `\nload ${loadBefore} → ${result.loadavg.after}`,
+)
