@@ -53,9 +53,12 @@ export interface RunnerSpawner extends RunnerLauncher {
 }
 
 /**
- * The memory ceiling for one runner: the load estimate (weights, KV cache, buffers) plus
- * the runner's own Node/V8 and llama.cpp baseline (~150 MB measured) and a quarter again,
- * so that only a runner far beyond its model's needs meets the OOM killer.
+ * The memory ceiling for one runner: the load estimate (weights, KV cache) half again, plus
+ * the runner's own Node/V8 and llama.cpp baseline and compute buffers, never under 2 GiB.
+ * The estimate leaves out llama.cpp's compute buffers, which grow with parallel sequences:
+ * substrate-bench with 8 × 1024 context peaked at 1241 MiB unsandboxed and was OOM-killed at
+ * the former ceiling (estimate × 1.25 + 384 MiB = 942 MiB). The ceiling is a guard against a
+ * runaway runner, not accounting: only a runner far beyond its model's needs may meet it.
  */
 export function runnerMemoryLimit(spec: RunnerSpawnSpec): number {
   let fileSize = 0
@@ -67,7 +70,7 @@ export function runnerMemoryLimit(spec: RunnerSpawnSpec): number {
     contextLength: spec.contextSize ?? 4096,
     parallel: spec.parallel ?? 1,
   })
-  return Math.ceil((estimate * 1.25 + 384 * MiB) / MiB) * MiB
+  return Math.ceil(Math.max(2048 * MiB, estimate * 1.5 + 512 * MiB) / MiB) * MiB
 }
 
 /**
