@@ -3,8 +3,8 @@
 // ledger_checkpoints (saved balance-fold states). The ledger module decides what is valid;
 // this file only stores and reads, and checks rows on the way out.
 
-import type { SQLOutputValue } from 'node:sqlite'
 import type { Db } from './database.ts'
+import { blob, integer, type Row, text } from './row.ts'
 
 export interface LedgerOpRow {
   cid: string
@@ -31,28 +31,6 @@ export interface LedgerForkRow {
   first: Uint8Array
   second: Uint8Array
   detectedAt: number
-}
-
-type Row = Record<string, SQLOutputValue>
-
-function text(row: Row, column: string): string {
-  const value = row[column]
-  if (typeof value !== 'string') throw new Error(`column ${column} is not text: ${String(value)}`)
-  return value
-}
-
-function integer(row: Row, column: string): number {
-  const value = row[column]
-  if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
-    throw new Error(`column ${column} is not an integer: ${String(value)}`)
-  }
-  return value
-}
-
-function blob(row: Row, column: string): Uint8Array {
-  const value = row[column]
-  if (!(value instanceof Uint8Array)) throw new Error(`column ${column} is not a blob`)
-  return value
 }
 
 function toOp(row: Row): LedgerOpRow {

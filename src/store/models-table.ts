@@ -2,8 +2,8 @@
 // (names pointing at blobs). Rows are checked on the way out, so a hand-edited database
 // fails loudly here instead of deep inside the runtime.
 
-import type { SQLOutputValue } from 'node:sqlite'
 import type { Db } from './database.ts'
+import { integer, type Row, text } from './row.ts'
 
 export interface BlobRow {
   /** "sha256:<64 hex>" */
@@ -21,22 +21,6 @@ export interface ModelRow {
   size: number
   modifiedAt: string
   detailsJson: string
-}
-
-type Row = Record<string, SQLOutputValue>
-
-function text(row: Row, column: string): string {
-  const value = row[column]
-  if (typeof value !== 'string') throw new Error(`column ${column} is not text: ${String(value)}`)
-  return value
-}
-
-function integer(row: Row, column: string): number {
-  const value = row[column]
-  if (typeof value !== 'number' || !Number.isSafeInteger(value)) {
-    throw new Error(`column ${column} is not an integer: ${String(value)}`)
-  }
-  return value
 }
 
 function toBlob(row: Row): BlobRow {
