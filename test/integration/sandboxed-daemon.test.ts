@@ -10,12 +10,13 @@ import { after, before, describe, test } from 'node:test'
 import type { DoctorReport } from '../../src/api/client.ts'
 import { SubstrateError } from '../../src/errors.ts'
 import { silentLogger } from '../../src/logger.ts'
-import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
+import { TINY_ANSWER } from '../../src/models/builtin.ts'
 import type { ModelRecord } from '../../src/models/types.ts'
 import { createRuntime } from '../../src/runtime/runtime.ts'
 import { findRunnerUser } from '../../src/sandbox/runner-user.ts'
 import { createRunnerSpawner } from '../../src/sandbox/select.ts'
 import { startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
+import { writeTinyModelRecord } from '../helpers/tiny-model.ts'
 
 const MiB = 2 ** 20
 const uidOf = (pid: number) =>
@@ -117,24 +118,7 @@ test('a runner killed at its memory ceiling reaches the client as a typed error;
   const dir = tempHome()
   tt.after(() => rmSync(dir, { recursive: true, force: true }))
   const modelPath = join(dir, 'tiny.gguf')
-  await writeTinyModel(modelPath)
-  const model: ModelRecord = {
-    name: 'tiny:latest',
-    digest: `sha256:${'cd'.repeat(32)}`,
-    size: readFileSync(modelPath).length,
-    path: modelPath,
-    modifiedAt: new Date(0).toISOString(),
-    details: {
-      format: 'gguf',
-      architecture: 'llama',
-      family: 'llama',
-      parameterCount: 0,
-      parameterSize: '0',
-      quantization: 'F32',
-      contextLength: 4096,
-      chatTemplate: undefined,
-    },
-  }
+  const model: ModelRecord = await writeTinyModelRecord(modelPath, 'tiny:latest')
   const runtimeWith = async (memoryBytes?: number) =>
     createRuntime(
       { logger: silentLogger },

@@ -2,17 +2,17 @@
 // the worker generates, the tokens cross libp2p, and the receipt counts real tokens.
 
 import assert from 'node:assert/strict'
-import { createHash } from 'node:crypto'
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { silentLogger } from '../../src/logger.ts'
 import { createJobProtocol, type JobProtocol } from '../../src/mesh/job-protocol.ts'
 import { createRuntimeJobRunner } from '../../src/mesh/runtime-job.ts'
-import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
+import { TINY_ANSWER } from '../../src/models/builtin.ts'
 import type { ModelRecord } from '../../src/models/types.ts'
 import { createRuntime, type Runtime } from '../../src/runtime/runtime.ts'
+import { writeTinyModelRecord } from '../helpers/tiny-model.ts'
 import { startPeers, stopPeers, type TestPeer, waitFor } from './helpers.ts'
 
 describe('a mesh job on the real runtime with substrate-tiny', () => {
@@ -26,25 +26,7 @@ describe('a mesh job on the real runtime with substrate-tiny', () => {
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'substrate-mesh-'))
     const path = join(dir, 'tiny.gguf')
-    await writeTinyModel(path)
-    const digest = `sha256:${createHash('sha256').update(readFileSync(path)).digest('hex')}`
-    model = {
-      name: 'substrate-tiny:latest',
-      digest,
-      size: statSync(path).size,
-      path,
-      modifiedAt: new Date().toISOString(),
-      details: {
-        format: 'gguf',
-        architecture: 'llama',
-        family: 'llama',
-        parameterCount: 0,
-        parameterSize: '0',
-        quantization: 'F32',
-        contextLength: 4096,
-        chatTemplate: undefined,
-      },
-    }
+    model = await writeTinyModelRecord(path, 'substrate-tiny:latest')
     runtime = createRuntime(
       { logger: silentLogger },
       { threads: 1, parallel: 1, contextSize: 512, keepAliveMs: 60_000, maxLoadedModels: 1 },

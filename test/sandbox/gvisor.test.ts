@@ -3,7 +3,7 @@
 // cgroup's OOM kill is reported as such.
 
 import assert from 'node:assert/strict'
-import { readFileSync, rmSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, it } from 'node:test'
 import { SubstrateError } from '../../src/errors.ts'
@@ -15,6 +15,7 @@ import { createRuntime } from '../../src/runtime/runtime.ts'
 import { findTool } from '../../src/sandbox/bwrap.ts'
 import { createRunnerSpawner } from '../../src/sandbox/select.ts'
 import { tempHome } from '../helpers/node.ts'
+import { writeTinyModelRecord } from '../helpers/tiny-model.ts'
 
 let home: string
 before(() => {
@@ -25,24 +26,7 @@ after(() => rmSync(home, { recursive: true, force: true }))
 
 it('runs the real runner under gVisor and answers a chat', { timeout: 120_000 }, async () => {
   const path = join(home, 'tiny.gguf')
-  await writeTinyModel(path)
-  const model: ModelRecord = {
-    name: 'tiny:latest',
-    digest: `sha256:${'ef'.repeat(32)}`,
-    size: readFileSync(path).length,
-    path,
-    modifiedAt: new Date(0).toISOString(),
-    details: {
-      format: 'gguf',
-      architecture: 'llama',
-      family: 'llama',
-      parameterCount: 0,
-      parameterSize: '0',
-      quantization: 'F32',
-      contextLength: 4096,
-      chatTemplate: undefined,
-    },
-  }
+  const model: ModelRecord = await writeTinyModelRecord(path, 'tiny:latest')
   const launcher = await createRunnerSpawner({ logger: silentLogger }, { backend: 'gvisor' })
   assert.deepEqual(
     { active: launcher.describe().active, enforced: launcher.describe().enforced },
