@@ -10,6 +10,9 @@ import { type ApiServer, createApiServer } from './api/server.ts'
 import type { Config } from './config/schema.ts'
 import { checkFits, detectHardware, estimateModelMemory, type HardwareInfo } from './hardware/detect.ts'
 import { type Identity, loadOrCreateIdentity } from './identity/keys.ts'
+import { createLedger, type Ledger } from './ledger/ledger.ts'
+import { ensureMembership } from './ledger/membership.ts'
+import { receiptsLoggedBy } from './ledger/receipt-history.ts'
 import { createLogger, type Logger } from './logger.ts'
 import type { CountersignedReceipt } from './mesh/job-protocol.ts'
 import { createMesh, type Mesh } from './mesh/mesh.ts'
@@ -24,6 +27,10 @@ export interface SubstrateNode {
   readonly logger: Logger
   readonly identity: Identity
   readonly db: Db
+  /** the credits ledger; this node is bound to `member` in it */
+  readonly ledger: Ledger
+  /** the member this node's credits belong to (the node itself by default) */
+  readonly member: string
   readonly models: ModelStore
   readonly runtime: Runtime
   /** the runner sandbox really in force; `enforced: false` means local requests only */
@@ -51,6 +58,28 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     const identity = await loadOrCreateIdentity(join(config.home, 'identity.key'))
     const db = openDatabase(join(config.home, 'substrate.db'))
     cleanup.unshift(() => db.close())
+    const ledger = createLedger({ db })
+    ledger.start()
+    cleanup.unshift(() => ledger.stop())
+    // The node key is its own member key for now; a separate member key would sign these
+    // two ops instead and bind several nodes (membership.ts).
+    const membership = ensureMembership(ledger, { member: identity, node: identity })
+    if (membership.appended.length > 0) {
+      logger.info('joined the ledger', { member: membership.member, ops: membership.appended })
+    }
+    // Both sides log each countersigned receipt in their own chain: the worker's and the
+    // requester's copies are the same bytes, so the ledger counts it once.
+    const logReceipt = (role: 'worker' | 'requester', receipt: CountersignedReceipt) => {
+      try {
+        ledger.append(identity, { kind: 'receipt', body: { receipt: receipt.bytes } })
+      } catch (err) {
+        logger.warn('could not log a receipt', {
+          role,
+          receipt: receipt.cid,
+          error: err instanceof Error ? err.message : String(err),
+        })
+      }
+    }
     const models = createModelStore({ db, logger }, { dir: join(config.home, 'models') })
     await models.start()
     cleanup.unshift(() => models.stop())
@@ -90,12 +119,6 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     // An unsandboxed node still asks peers, but serves no one (issue 6).
     let mesh: Mesh | undefined
     let meshInfo: MeshRouteComponents['mesh']
-    const receipts: Array<{ role: 'worker' | 'requester'; receipt: CountersignedReceipt }> = []
-    const keepReceipt = (role: 'worker' | 'requester', receipt: CountersignedReceipt) => {
-      // Kept in memory until the ledger stores them; enough for `substrate` users to look.
-      receipts.push({ role, receipt })
-      if (receipts.length > 100) receipts.shift()
-    }
     if (config.mesh.enabled) {
       mesh = await createMesh(
         { identity, logger, models, runtime },
@@ -120,7 +143,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       const offModels = models.onChange?.(() => started.modelsChanged())
       cleanup.unshift(() => offModels?.())
       const offJobEnd = mesh.jobs.onJobEnd((o) => {
-        if (o.receipt !== undefined) keepReceipt('worker', o.receipt)
+        if (o.receipt !== undefined) logReceipt('worker', o.receipt)
       })
       cleanup.unshift(offJobEnd)
     }
@@ -158,8 +181,14 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
           mesh,
           meshInfo,
           ...(meshInfo === undefined ? {} : { meshAddrs: meshInfo.multiaddrs }),
-          onReceipt: (served) => keepReceipt('requester', served.receipt),
-          recentReceipts: () => [...receipts],
+          onReceipt: (served) => logReceipt('requester', served.receipt),
+          recentReceipts: () =>
+            receiptsLoggedBy(db, identity.id, 100)
+              .reverse()
+              .map(({ receipt }) => ({
+                role: receipt.worker === identity.id ? ('worker' as const) : ('requester' as const),
+                receipt,
+              })),
           describeConfig: options.describeConfig ?? (() => []),
           requestShutdown: () => setImmediate(() => void stop()),
         }),
@@ -168,7 +197,21 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     )
     await api.start()
     cleanup.unshift(() => api.stop())
-    return { config, logger, identity, db, models, runtime, sandbox, api, mesh, stopped, stop }
+    return {
+      config,
+      logger,
+      identity,
+      db,
+      ledger,
+      member: membership.member,
+      models,
+      runtime,
+      sandbox,
+      api,
+      mesh,
+      stopped,
+      stop,
+    }
   } catch (err) {
     for (const step of cleanup) await step()
     throw err
