@@ -16,6 +16,8 @@ export const errorTable = {
   E_CHECKSUM_MISMATCH: { status: 422, exit: 5 },
   E_INSUFFICIENT_MEMORY: { status: 507, exit: 6 },
   E_DISK_FULL: { status: 507, exit: 6 },
+  E_QUOTA_EXCEEDED: { status: 507, exit: 6 },
+  E_POLICY_DENIED: { status: 403, exit: 3 },
   E_SIGNATURE_INVALID: { status: 400, exit: 7 },
   E_RECORD_EXPIRED: { status: 400, exit: 7 },
   E_RECORD_FUTURE: { status: 400, exit: 7 },

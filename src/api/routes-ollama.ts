@@ -278,9 +278,10 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
         const body = await readJson(req, pullRequestSchema)
         const source = (body.model ?? body.name)!
         const signal = disconnectSignal(req, res)
-        const isUrl = /^https?:\/\//.test(source)
+        // A source reference is downloaded; any other name must be local or built in.
+        const pullable = c.models.isPullable(source)
         const pull = (onProgress?: (e: object) => void) =>
-          isUrl
+          pullable
             ? c.models.pull(source, { name: body.as, sha256: body.sha256, onProgress, signal })
             : c.models.resolve(source)
         if (body.stream === false) {
@@ -289,11 +290,11 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
           return
         }
         const out = createStreamWriter(res, 'application/x-ndjson')
-        await out.write(
-          `${JSON.stringify({ status: isUrl ? `pulling ${source}` : `resolving ${source}` })}\n`,
-        )
+        // Ollama's status lines: "pulling manifest", "pulling <digest>" with total and
+        // completed, "verifying sha256 digest", "success" (the store emits each of them).
+        if (!pullable) await out.write(`${JSON.stringify({ status: `resolving ${source}` })}\n`)
         await pull((e) => void out.write(`${JSON.stringify(e)}\n`).catch(() => {}))
-        out.end(`${JSON.stringify({ status: 'success' })}\n`)
+        out.end(pullable ? '' : `${JSON.stringify({ status: 'success' })}\n`)
       },
     },
     {

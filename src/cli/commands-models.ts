@@ -24,15 +24,20 @@ function progressFor(ctx: CommandContext) {
 }
 
 const pull: Command = {
-  usage: 'substrate pull URL|NAME [--name N] [--sha256 H]',
+  usage: 'substrate pull URL|hf:REPO/FILE|hf:REPO:QUANT|ollama:NAME[:TAG]|NAME [--name N] [--sha256 H]',
   description:
-    'Downloads a GGUF model from an http(s) URL into the content-addressed store (resuming an\n' +
-    'interrupted download, verifying its sha256), or makes sure a built-in model such as\n' +
-    'substrate-tiny is ready. --name sets the name it is stored under; --sha256 refuses the file\n' +
-    'unless it matches.',
+    'Downloads a GGUF model into the content-addressed store, resuming an interrupted download and\n' +
+    'verifying its sha256. Sources: an http(s) URL; a Hugging Face file (hf:ORG/REPO/FILE.gguf) or\n' +
+    'quantisation (hf:ORG/REPO:Q4_K_M picks the one GGUF file of that quantisation); the Ollama\n' +
+    'library (ollama:NAME[:TAG], with its template and parameters). A built-in name such as\n' +
+    'substrate-tiny is only made ready. --name sets the name it is stored under; --sha256 refuses\n' +
+    'the file unless it matches. With --json, progress is printed as NDJSON lines on stdout.',
   examples: [
     'substrate pull substrate-tiny',
-    'substrate pull https://huggingface.co/org/repo/resolve/main/model-Q4_K_M.gguf --name mymodel',
+    'substrate pull hf:bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M',
+    'substrate pull ollama:llama3.2:1b',
+    'substrate pull https://example.org/models/model-Q4_K_M.gguf --name mymodel',
+    'substrate pull ollama:llama3.2:1b --json',
   ],
   flags: {
     name: { type: 'string', value: 'N', help: 'store the model under this name' },
@@ -42,7 +47,13 @@ const pull: Command = {
   async run(ctx, { values, positionals }) {
     const source = positionals[0]!
     const client = await ctx.daemon()
-    const progress = progressFor(ctx)
+    // --json: every progress event as one line, for scripts; the last one says "success".
+    const progress = ctx.json
+      ? {
+          onProgress: (e: ProgressEvent) => void ctx.io.stdout.write(`${JSON.stringify(e)}\n`),
+          done: () => {},
+        }
+      : progressFor(ctx)
     try {
       await client.pull(
         { model: source, as: values.name as string | undefined, sha256: values.sha256 as string | undefined },
@@ -51,8 +62,6 @@ const pull: Command = {
     } finally {
       progress.done()
     }
-    // Without --json the progress display has already said "success".
-    if (ctx.json) writeJson(ctx.io.stdout, { status: 'success', source })
   },
 }
 

@@ -6,31 +6,18 @@
 
 import { createHash, type Hash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
+import { readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import http, { type IncomingMessage } from 'node:http'
 import https from 'node:https'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import type { BlobFetcher, HttpFetch } from './sources/plan.ts'
 import type { ProgressEvent, ProgressListener } from './types.ts'
+import { type OpenWritable, openWritableFile, type WritableFile } from './writable.ts'
 
-/** The file-writing seam: tests inject one that fails (ENOSPC) to check cleanup. */
-export interface WritableFile {
-  write(data: Uint8Array, position: number): Promise<unknown>
-  sync(): Promise<void>
-  close(): Promise<void>
-}
-export type OpenWritable = (path: string, flags: 'w' | 'r+') => Promise<WritableFile>
-
-export const openWritableFile: OpenWritable = async (path, flags) => {
-  const file = await open(path, flags)
-  return {
-    write: (data, position) => file.write(data, 0, data.length, position),
-    sync: () => file.sync(),
-    close: () => file.close(),
-  }
-}
+export { type OpenWritable, openWritableFile, type WritableFile } from './writable.ts'
 
 /** Emits progress at most every 100 ms or 0.5 %, never letting `completed` go backwards. */
 export function progressReporter(listener: ProgressListener | undefined, status: string, digest?: string) {
@@ -66,7 +53,13 @@ export interface DownloadOptions {
   /** Expected sha256 as 64 hex digits. */
   sha256?: string
   onProgress?: ProgressListener
+  /** the progress status to report under; "downloading" unless given */
+  status?: string
   signal?: AbortSignal
+  /** Sent to the URL's own origin only: a redirect to another host does not get them. */
+  headers?: Record<string, string>
+  /** Sees the size before any byte is written; throws to refuse, or returns a byte cap. */
+  admit?: (size: number | undefined) => number | undefined
 }
 
 export interface DownloadedFile {
@@ -122,7 +115,7 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
   const { path, infoPath } = partialPaths(init.tmpDir, url)
   const retries = init.retries ?? 4
   const digest = opts.sha256 === undefined ? undefined : `sha256:${opts.sha256}`
-  const report = progressReporter(opts.onProgress, 'downloading', digest)
+  const report = progressReporter(opts.onProgress, opts.status ?? 'downloading', digest)
   let info = await readInfo(infoPath, url)
   let have = info === undefined ? 0 : await fileSize(path)
   if (info === undefined) info = { url }
@@ -146,7 +139,7 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
       // The file is open before the request: nothing awaits between the response and
       // reading its body, so bytes that arrive just before a cut are still kept.
       out = await openPartial()
-      const res = await request(url, have, info, init, opts.signal)
+      const res = await request(url, have, info, init, opts)
       if (res.statusCode === 416) {
         res.resume()
         if (have > 0 && have === info.total) break // the previous attempt had already got it all
@@ -165,6 +158,7 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
         out = await openPartial()
       }
       const total = totalOf(res, have)
+      const cap = opts.admit?.(total) ?? Number.POSITIVE_INFINITY
       info = { url, ...(total === undefined ? {} : { total }), ...validatorOf(res) }
       const saved = local(writeFile(infoPath, JSON.stringify(info)))
       saved.catch(() => {}) // awaited below; this only keeps an early failure from going unhandled
@@ -174,6 +168,16 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
         hash.update(chunk)
         have += chunk.length
         report(have, total)
+        if (have > cap) {
+          res.destroy()
+          throw new SubstrateError(
+            'E_QUOTA_EXCEEDED',
+            `${url} is larger than the ${cap} bytes the model store quota has left`,
+            {
+              hint: 'remove models (substrate rm) or raise models.quota',
+            },
+          )
+        }
       }
       await saved
       if (total !== undefined && have !== total) {
@@ -313,14 +317,15 @@ async function request(
   have: number,
   info: PartialInfo,
   init: DownloadInit,
-  signal: AbortSignal | undefined,
+  opts: Pick<DownloadOptions, 'signal' | 'headers'>,
 ): Promise<IncomingMessage> {
-  const headers: Record<string, string> = { 'user-agent': 'substrate', 'accept-encoding': 'identity' }
+  const base: Record<string, string> = { 'user-agent': 'substrate', 'accept-encoding': 'identity' }
   if (have > 0) {
-    headers.range = `bytes=${have}-`
-    if (info.validator !== undefined) headers['if-range'] = info.validator
+    base.range = `bytes=${have}-`
+    if (info.validator !== undefined) base['if-range'] = info.validator
   }
   let target = new URL(url)
+  const origin = target.origin
   for (let hop = 0; hop <= (init.maxRedirects ?? 5); hop++) {
     if (target.protocol !== 'http:' && target.protocol !== 'https:') {
       throw new SubstrateError(
@@ -328,7 +333,9 @@ async function request(
         `cannot download ${target.href}: only http and https are supported`,
       )
     }
-    const res = await get(target, headers, init.idleTimeoutMs ?? 30_000, signal)
+    // Credentials stay with the host they were meant for (a CDN behind a redirect gets none).
+    const headers = target.origin === origin ? { ...opts.headers, ...base } : base
+    const res = await get(target, headers, init.idleTimeoutMs ?? 30_000, opts.signal)
     const status = res.statusCode ?? 0
     if (status === 200 || status === 206 || status === 416) return res
     res.resume()
@@ -356,4 +363,26 @@ function get(
     req.setTimeout(idleTimeoutMs, () => req.destroy(new Transient(`no data for ${idleTimeoutMs} ms`)))
     req.on('error', reject)
   })
+}
+
+/** The fetcher for `{ kind: 'http' }` plans: a resumable download into the store's tmp/. */
+export function createHttpFetcher(
+  init: Pick<DownloadInit, 'retries' | 'backoffMs' | 'idleTimeoutMs' | 'maxRedirects'> = {},
+): BlobFetcher {
+  return async (blob, ctx) => {
+    const fetch = blob.fetch as HttpFetch
+    const file = await downloadFile(
+      fetch.url,
+      { ...init, tmpDir: ctx.tmpDir, logger: ctx.logger, openWritable: ctx.openWritable },
+      {
+        status: ctx.status,
+        admit: ctx.admit,
+        ...(blob.sha256 === undefined ? {} : { sha256: blob.sha256 }),
+        ...(fetch.headers === undefined ? {} : { headers: fetch.headers }),
+        ...(ctx.onProgress === undefined ? {} : { onProgress: ctx.onProgress }),
+        ...(ctx.signal === undefined ? {} : { signal: ctx.signal }),
+      },
+    )
+    return { ...file, settle: () => rm(file.infoPath, { force: true }) }
+  }
 }

@@ -15,21 +15,24 @@ import type { Db } from '../store/database.ts'
 import * as table from '../store/models-table.ts'
 import { BUILTIN_MODEL_NAMES, type BuiltinModelName, writeBuiltinModel } from './builtin.ts'
 import { readModelDetails } from './gguf-info.ts'
-import {
-  type DownloadInit,
-  downloadFile,
-  fileNameFromUrl,
-  type OpenWritable,
-  openWritableFile,
-  progressReporter,
-} from './pull.ts'
-import type { ModelRecord, ModelStore, ProgressListener } from './types.ts'
+import { createModelPolicy, type ModelPolicyInit } from './policy.ts'
+import { createHttpFetcher, type DownloadInit, progressReporter } from './pull.ts'
+import { isSourceRef, sourceFor } from './sources/index.ts'
+import type { BlobFetcher, ModelSource, PullPlan } from './sources/plan.ts'
+import { createUrlSource } from './sources/url.ts'
+import type { ModelExtras, ModelRecord, ModelStore, ProgressListener } from './types.ts'
+import { type OpenWritable, openWritableFile } from './writable.ts'
 
 export interface ModelStoreInit {
   /** $SUBSTRATE_HOME/models */
   dir: string
   openWritable?: OpenWritable
   pull?: Pick<DownloadInit, 'retries' | 'backoffMs' | 'idleTimeoutMs' | 'maxRedirects'>
+  /** where pull references resolve; plain http(s) URLs when not given */
+  sources?: ModelSource[]
+  /** byte fetchers by plan kind, beside the built-in `http` one (e.g. `peers`) */
+  fetchers?: Record<string, BlobFetcher>
+  policy?: ModelPolicyInit
 }
 
 export interface ManagedModelStore extends ModelStore {
@@ -65,6 +68,15 @@ const detailsSchema = z.object({
   quantization: z.string(),
   contextLength: z.number(),
   chatTemplate: z.string().optional(),
+  source: z.string().optional(),
+  extras: z
+    .object({
+      template: z.string().optional(),
+      system: z.string().optional(),
+      params: z.record(z.string(), z.unknown()).optional(),
+      license: z.string().optional(),
+    })
+    .optional(),
 })
 
 const KEEP_PARTIAL_DOWNLOADS_MS = 7 * 24 * 3600 * 1000
@@ -79,6 +91,12 @@ export function createModelStore(
   const tmpDir = join(dir, 'tmp')
   const blobsDir = join(dir, 'blobs')
   const openWritable = init.openWritable ?? openWritableFile
+  const sources = init.sources ?? [createUrlSource()]
+  const fetchers: Record<string, BlobFetcher> = { http: createHttpFetcher(init.pull), ...init.fetchers }
+  const policy = createModelPolicy(init.policy)
+  /** Bytes promised to downloads in progress, so two pulls cannot both take the last room. */
+  let reserved = 0
+  const usedBytes = () => table.listBlobs(db).reduce((sum, b) => sum + b.size, 0) + reserved
   const blobRelPath = (hex: string) => `blobs/sha256-${hex}`
   const generating = new Map<string, Promise<ModelRecord>>()
   const changeListeners = new Set<() => void>()
@@ -100,7 +118,7 @@ export function createModelStore(
   }
 
   const toRecord = (row: table.ModelRow): ModelRecord => {
-    const details = detailsSchema.parse(JSON.parse(row.detailsJson))
+    const { source, extras, ...details } = detailsSchema.parse(JSON.parse(row.detailsJson))
     return {
       name: row.name,
       digest: row.digest,
@@ -108,6 +126,8 @@ export function createModelStore(
       path: join(dir, blobRelPath(row.digest.slice('sha256:'.length))),
       modifiedAt: row.modifiedAt,
       details: { ...details, chatTemplate: details.chatTemplate },
+      ...(source === undefined ? {} : { source }),
+      ...(extras === undefined ? {} : { extras: extras as ModelExtras }),
     }
   }
 
@@ -139,12 +159,25 @@ export function createModelStore(
   /** Moves a complete file from tmp/ into blobs/ and points `name` at it; `file` is gone after. */
   async function commitFile(
     file: string,
-    meta: { name: string; sha256: string; size: number; label: string; onProgress?: ProgressListener },
+    meta: {
+      name: string
+      sha256: string
+      size: number
+      label: string
+      onProgress?: ProgressListener | undefined
+      source?: string
+      extras?: ModelExtras | undefined
+    },
   ): Promise<ModelRecord> {
     const digest = `sha256:${meta.sha256}`
     try {
+      policy.check({ ...(meta.source === undefined ? {} : { source: meta.source }), name: meta.name, digest })
       meta.onProgress?.({ status: 'verifying model file' })
-      const details = await readModelDetails(file, meta.label)
+      const details = {
+        ...(await readModelDetails(file, meta.label)),
+        ...(meta.source === undefined ? {} : { source: meta.source }),
+        ...(meta.extras === undefined ? {} : { extras: meta.extras }),
+      }
       const record = await serialized(async () => {
         const blobPath = join(dir, blobRelPath(meta.sha256))
         const onDisk = await stat(blobPath).catch(() => undefined)
@@ -155,7 +188,7 @@ export function createModelStore(
         return pointName(meta.name, { digest, size: meta.size, detailsJson: JSON.stringify(details) })
       })
       meta.onProgress?.({ status: 'success', digest })
-      logger.info('model stored', { name: meta.name, digest, size: meta.size })
+      logger.info('model stored', { name: meta.name, digest, size: meta.size, source: meta.source })
       return record
     } catch (err) {
       throw toSubstrateError(err)
@@ -204,6 +237,8 @@ export function createModelStore(
     if (info === undefined || !info.isFile()) {
       throw new SubstrateError('E_NOT_FOUND', `${file} does not exist or is not a file`)
     }
+    policy.check({ name })
+    policy.checkQuota(usedBytes(), info.size, `importing ${file}`)
     await ready()
     const copy = await copyToTmp(source, opts.onProgress)
     return commitFile(copy.tmp, { ...copy, name, label: basename(file), onProgress: opts.onProgress })
@@ -246,15 +281,9 @@ export function createModelStore(
   }
 
   async function pull(
-    url: string,
+    ref: string,
     opts: { name?: string; sha256?: string; onProgress?: ProgressListener; signal?: AbortSignal },
   ): Promise<ModelRecord> {
-    try {
-      new URL(url)
-    } catch {
-      throw new SubstrateError('E_INVALID_ARGUMENT', `"${url}" is not a URL`)
-    }
-    const name = normalizeModelName(opts.name ?? fileNameFromUrl(url))
     const expected = opts.sha256?.toLowerCase().replace(/^sha256:/, '')
     if (expected !== undefined && !/^[0-9a-f]{64}$/.test(expected)) {
       throw new SubstrateError(
@@ -262,28 +291,89 @@ export function createModelStore(
         `"${opts.sha256}" is not a sha256 digest (64 hex digits)`,
       )
     }
-    const known = table.listModels(db).find((m) => m.digest === `sha256:${expected}`)
+    const source = sourceFor(sources, ref)
+    if (opts.name !== undefined) normalizeModelName(opts.name) // a bad name fails before any request
+    opts.onProgress?.({ status: 'pulling manifest' })
+    const plan = await source.plan(ref, {
+      logger,
+      ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    })
+    if (expected !== undefined && plan.model.sha256 !== undefined && plan.model.sha256 !== expected) {
+      throw new SubstrateError(
+        'E_CHECKSUM_MISMATCH',
+        `${plan.source} publishes sha256 ${plan.model.sha256}, not the ${expected} asked for`,
+      )
+    }
+    const sha256 = expected ?? plan.model.sha256
+    return runPlan({ ...plan, model: { ...plan.model, ...(sha256 === undefined ? {} : { sha256 }) } }, opts)
+  }
+
+  /** Fetches a plan's model blob (unless the store has it already) and commits it. */
+  async function runPlan(
+    plan: PullPlan,
+    opts: { name?: string; onProgress?: ProgressListener; signal?: AbortSignal },
+  ): Promise<ModelRecord> {
+    const name = normalizeModelName(opts.name ?? plan.name)
+    const { sha256 } = plan.model
+    const digest = sha256 === undefined ? undefined : `sha256:${sha256}`
+    policy.check({ source: plan.source, name, ...(digest === undefined ? {} : { digest }) })
+    const meta = {
+      name,
+      label: plan.model.label,
+      onProgress: opts.onProgress,
+      source: plan.source,
+      extras: plan.extras,
+    }
+    const known = table.listModels(db).find((m) => m.digest === digest)
     if (known !== undefined) {
       // Content addressing makes the download pointless: the store has these exact bytes.
-      const record = await serialized(() => pointName(name, known))
+      const detailsJson = JSON.stringify({
+        ...JSON.parse(known.detailsJson),
+        source: plan.source,
+        ...(plan.extras === undefined ? {} : { extras: plan.extras }),
+      })
+      const record = await serialized(() => pointName(name, { ...known, detailsJson }))
       opts.onProgress?.({ status: 'success', digest: known.digest })
       return record
     }
+    const fetcher = fetchers[plan.model.fetch.kind]
+    if (fetcher === undefined) {
+      throw new SubstrateError('E_INTERNAL', `no fetcher for "${plan.model.fetch.kind}" plans`)
+    }
+    if (plan.model.size !== undefined) policy.checkQuota(usedBytes(), plan.model.size, plan.source)
     await ready()
-    const file = await downloadFile(
-      url,
-      { ...init.pull, tmpDir, logger, openWritable },
-      {
-        ...(expected === undefined ? {} : { sha256: expected }),
+    let promised = 0
+    const release = () => {
+      reserved -= promised
+      promised = 0
+    }
+    try {
+      const file = await fetcher(plan.model, {
+        tmpDir,
+        logger,
+        openWritable,
+        status: `pulling ${sha256 === undefined ? plan.model.label : sha256.slice(0, 12)}`,
         ...(opts.onProgress === undefined ? {} : { onProgress: opts.onProgress }),
         ...(opts.signal === undefined ? {} : { signal: opts.signal }),
-      },
-    )
-    try {
-      const label = fileNameFromUrl(url) || url
-      return await commitFile(file.path, { ...file, name, label, onProgress: opts.onProgress })
+        admit(size) {
+          release()
+          const free = policy.quotaBytes === undefined ? undefined : policy.quotaBytes - usedBytes()
+          if (size === undefined) return free
+          policy.checkQuota(usedBytes(), size, plan.source)
+          promised = size
+          reserved += size
+          return size
+        },
+      })
+      try {
+        opts.onProgress?.({ status: 'verifying sha256 digest' })
+        return await commitFile(file.path, { ...file, ...meta })
+      } finally {
+        await file.settle()
+      }
     } finally {
-      await rm(file.infoPath, { force: true })
+      release()
     }
   }
 
@@ -347,6 +437,7 @@ export function createModelStore(
     resolve: resolveName,
     importFile,
     pull,
+    isPullable: (ref) => isSourceRef(sources, ref),
     remove,
     onChange(listener) {
       changeListeners.add(listener)

@@ -14,6 +14,17 @@ export interface ModelDetails {
   chatTemplate: string | undefined
 }
 
+/** What a source publishes about running a model, beside the GGUF (Ollama's layers). */
+export interface ModelExtras {
+  /** a Go text/template prompt template (Ollama's `template` layer) */
+  template?: string
+  /** the default system prompt */
+  system?: string
+  /** default options: temperature, top_k, top_p, stop, num_ctx, … */
+  params?: Record<string, unknown>
+  license?: string
+}
+
 export interface ModelRecord {
   /** normalized "name:tag" (tag defaults to "latest") */
   name: string
@@ -24,6 +35,9 @@ export interface ModelRecord {
   path: string
   modifiedAt: string
   details: ModelDetails
+  /** the reference the model was pulled from, e.g. "ollama:llama3.2:1b" (absent for imports) */
+  source?: string
+  extras?: ModelExtras
 }
 
 export interface ProgressEvent {
@@ -40,10 +54,13 @@ export interface ModelStore {
   /** Resolves a name (tag optional); generates a missing built-in model on first use. */
   resolve(name: string): Promise<ModelRecord>
   importFile(file: string, opts: { name: string; onProgress?: ProgressListener }): Promise<ModelRecord>
+  /** Pulls `ref` (an http(s) URL, hf:…, ollama:…, or whatever a configured source understands). */
   pull(
-    url: string,
+    ref: string,
     opts: { name?: string; sha256?: string; onProgress?: ProgressListener; signal?: AbortSignal },
   ): Promise<ModelRecord>
+  /** True when `ref` is something `pull` downloads (rather than a local or built-in name). */
+  isPullable(ref: string): boolean
   remove(name: string): Promise<void>
   /** Calls `listener` after a model was added, re-pointed or removed; returns the unsubscribe. */
   onChange?(listener: () => void): () => void

@@ -94,7 +94,7 @@ function recorder() {
     events,
     onProgress: (e: ProgressEvent) => events.push(e),
     assertMonotonic() {
-      const completed = events.filter((e) => e.status === 'downloading').map((e) => e.completed ?? -1)
+      const completed = events.filter((e) => e.status.startsWith('pulling ')).map((e) => e.completed ?? -1)
       assert.ok(completed.length > 0, 'some download progress was reported')
       assert.deepEqual(
         completed,
