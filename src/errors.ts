@@ -38,6 +38,9 @@ export const errorTable = {
   E_PEER_TIMEOUT: { status: 504, exit: 14 },
   E_PEER_GONE: { status: 502, exit: 14 },
   E_RECEIPT_INVALID: { status: 502, exit: 14 },
+  E_LEDGER_BAD_MEMBER: { status: 400, exit: 15 },
+  E_LEDGER_BAD_QUERY: { status: 400, exit: 15 },
+  E_LEDGER_INCONSISTENT: { status: 500, exit: 15 },
   E_INTERNAL: { status: 500, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>
 

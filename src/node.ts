@@ -189,6 +189,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
                 role: receipt.worker === identity.id ? ('worker' as const) : ('requester' as const),
                 receipt,
               })),
+          ledger: { db, ledger, node: identity.id, member: membership.member },
           describeConfig: options.describeConfig ?? (() => []),
           requestShutdown: () => setImmediate(() => void stop()),
         }),

@@ -11,7 +11,12 @@ import type { GpuAccess, LayerReport } from '../sandbox/doctor.ts'
 import type { SandboxStatus } from '../sandbox/select.ts'
 import type {
   ChatRequest,
+  CreditsResponse,
   GenerateRequest,
+  LedgerBalancesResponse,
+  LedgerOpInfo,
+  LedgerStatsResponse,
+  LedgerVerifyResponse,
   OllamaModelDetails,
   OllamaPsModel,
   OllamaTagsModel,
@@ -173,6 +178,14 @@ async function* chunksOf(body: ReadableStream<Uint8Array>): AsyncGenerator<Uint8
   }
 }
 
+/** `?a=1&b=2` from the defined values, or '' when there are none. */
+function query(params: Record<string, string | number | undefined>): string {
+  const search = new URLSearchParams()
+  for (const [key, value] of Object.entries(params)) if (value !== undefined) search.set(key, String(value))
+  const text = search.toString()
+  return text === '' ? '' : `?${text}`
+}
+
 export function createClient(init: ClientInit) {
   const base = init.baseUrl.replace(/\/+$/, '')
   const doFetch = init.fetch ?? globalThis.fetch
@@ -308,6 +321,23 @@ export function createClient(init: ClientInit) {
         undefined,
         call,
       ),
+    /** a member's balance and the receipts behind it; this node's member when none is given */
+    credits: (member?: string, call?: Call) =>
+      json<CreditsResponse>('GET', `/substrate/v1/credits${query({ member })}`, undefined, call),
+    ledgerBalances: (call?: Call) =>
+      json<LedgerBalancesResponse>('GET', '/substrate/v1/ledger/balances', undefined, call),
+    /** the newest ops first; of one author when given */
+    ledgerLog: (opts: { author?: string | undefined; limit?: number | undefined } = {}, call?: Call) =>
+      json<{ ops: LedgerOpInfo[] }>(
+        'GET',
+        `/substrate/v1/ledger/log${query({ author: opts.author, limit: opts.limit })}`,
+        undefined,
+        call,
+      ),
+    ledgerVerify: (call?: Call) =>
+      json<LedgerVerifyResponse>('GET', '/substrate/v1/ledger/verify', undefined, call),
+    ledgerStats: (call?: Call) =>
+      json<LedgerStatsResponse>('GET', '/substrate/v1/ledger/stats', undefined, call),
     runners: (call?: Call) =>
       json<{ runners: RunnerInfo[] }>('GET', '/substrate/v1/runners', undefined, call),
     /** `path` is read by the daemon, so it must be absolute (the daemon's cwd is not ours). */

@@ -204,3 +204,81 @@ export interface ErrorBody {
   code: string
   hint?: string
 }
+
+/** One member's balance (src/ledger/balances.ts MemberBalance). Credits ≈ output tokens. */
+export interface CreditsBalance {
+  member: string
+  earned: number
+  spent: number
+  /** the part of `spent` the daily floors paid for */
+  floorCovered: number
+  /** earned − (spent − floorCovered) */
+  balance: number
+  floorPerDay: number
+  floorLeftToday: number
+  vouched: boolean
+  frozen: boolean
+}
+
+/** GET /substrate/v1/credits: a member's balance and the receipts behind it. */
+export interface CreditsResponse {
+  /** this daemon's node id, and whether `member` is the member it is bound to */
+  node: string
+  self: boolean
+  balance: CreditsBalance
+  /** the member's nodes that appear in receipts */
+  nodes: string[]
+  /** per counterparty and UTC day; `earned` is after the daily per-counterparty cap */
+  earnings: Array<{ day: string; counterparty: string; gross: number; earned: number; receipts: string[] }>
+  /** per UTC day; the floor pays first */
+  spending: Array<{ day: string; gross: number; floorCovered: number; charged: number; receipts: string[] }>
+  /** receipts that count for nothing, and why */
+  excluded: Array<{
+    receipt: string
+    role: 'worker' | 'requester'
+    reason: 'same-member' | 'void-worker' | 'not-carried'
+  }>
+}
+
+/** GET /substrate/v1/ledger/balances: every member that earned or spent, sorted by id. */
+export interface LedgerBalancesResponse {
+  balances: CreditsBalance[]
+  /** equal on two nodes when they hold the same ledger (see LedgerStatsResponse) */
+  headsDigest: string
+}
+
+/** One op as GET /substrate/v1/ledger/log shows it. */
+export interface LedgerOpInfo {
+  cid: string
+  author: string
+  seq: number
+  kind: string
+  /** ISO 8601, signed by the author */
+  at: string
+  /** what the balance fold read from it (src/ledger/ops.ts OpFacts) */
+  facts: Record<string, unknown>
+}
+
+export interface LedgerStatsResponse {
+  node: string
+  member: string
+  ops: number
+  authors: number
+  members: number
+  receipts: number
+  frozen: string[]
+  balances: number
+  /** sha-256 over every author's head and the frozen set */
+  headsDigest: string
+  checkpoint: { through: number; savedAt: string } | null
+}
+
+export interface LedgerVerifyResponse {
+  ok: boolean
+  ops: number
+  authors: number
+  problems: Array<{ author: string; seq: number; problem: string }>
+  balancesMatch: boolean
+  mismatched: string[]
+  tookMs: number
+}

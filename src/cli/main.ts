@@ -15,6 +15,7 @@ const models: Loader = async () => (await import('./commands-models.ts')).comman
 const runner: Loader = async () => (await import('./commands-run.ts')).commands
 const node: Loader = async () => (await import('./commands-node.ts')).commands
 const peers: Loader = async () => (await import('./commands-peers.ts')).commands
+const credits: Loader = async () => (await import('./commands-credits.ts')).commands
 const doctor: Loader = async () => (await import('./commands-doctor.ts')).commands
 
 /** Every command, its one-line summary and where it lives; the order is the help's. */
@@ -27,6 +28,11 @@ export const commandIndex: Record<string, { summary: string; load: Loader }> = {
   show: { summary: "Show a model's details", load: models },
   ps: { summary: 'List the models loaded in memory', load: models },
   peers: { summary: "Show the mesh's peers: their models, free slots, speed, latency", load: peers },
+  credits: {
+    summary: "Show a member's credits: balance, today's floor, earned, spent, and why",
+    load: credits,
+  },
+  ledger: { summary: 'Look at the credits ledger: log, verify, stats', load: credits },
   stop: { summary: 'Unload a model from memory', load: models },
   rm: { summary: 'Remove a model', load: models },
   info: { summary: "Show this machine's hardware as the daemon sees it", load: node },

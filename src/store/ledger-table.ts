@@ -182,3 +182,12 @@ export function lastLedgerRowid(db: Db): number {
   const row = db.prepare('SELECT coalesce(max(rowid), 0) AS n FROM ledger_ops').get()
   return row === undefined ? 0 : integer(row, 'n')
 }
+
+/** The newest `limit` ops by arrival, newest first; of one author only when `author` is given. */
+export function listLatestLedgerOps(db: Db, limit: number, author?: string): LedgerOpRow[] {
+  const rows =
+    author === undefined
+      ? db.prepare('SELECT * FROM ledger_ops ORDER BY rowid DESC LIMIT ?').all(limit)
+      : db.prepare('SELECT * FROM ledger_ops WHERE author = ? ORDER BY seq DESC LIMIT ?').all(author, limit)
+  return rows.map((row) => toOp(row))
+}

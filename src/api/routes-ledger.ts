@@ -1,0 +1,143 @@
+// Native routes about credits and the ledger (issue 5): a member's balance and why, every
+// balance, the op log, a full re-verification, and counts. Read-only: ops enter the
+// ledger through this node's own jobs and through sync, never through the API.
+
+import { z } from 'zod'
+import { SubstrateError } from '../errors.ts'
+import { publicKeyFromId } from '../identity/keys.ts'
+import { auditLedger, ledgerStats } from '../ledger/audit.ts'
+import type { Ledger } from '../ledger/ledger.ts'
+import type { Db } from '../store/database.ts'
+import { listLatestLedgerOps } from '../store/ledger-table.ts'
+import { sendJson } from './http.ts'
+import type { Route } from './router.ts'
+import type {
+  CreditsResponse,
+  LedgerBalancesResponse,
+  LedgerOpInfo,
+  LedgerStatsResponse,
+  LedgerVerifyResponse,
+} from './types.ts'
+
+export interface LedgerRouteComponents {
+  db: Db
+  ledger: Ledger
+  /** this daemon's node id and the member it is bound to */
+  node: string
+  member: string
+}
+
+export const MAX_LOG_LIMIT = 1000
+
+/** Query parameters, strictly: an unknown one is a mistake worth saying, not ignoring. */
+function readQuery<S extends z.ZodObject>(url: URL, schema: S): z.infer<S> {
+  const raw: Record<string, string> = {}
+  for (const [key, value] of url.searchParams) {
+    if (key in raw) throw new SubstrateError('E_LEDGER_BAD_QUERY', `query parameter '${key}' is given twice`)
+    raw[key] = value
+  }
+  const parsed = schema.strict().safeParse(raw)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    const where = issue?.path.join('.') || (issue?.code === 'unrecognized_keys' ? issue.keys.join(', ') : '')
+    throw new SubstrateError(
+      'E_LEDGER_BAD_QUERY',
+      `bad query parameter ${where}: ${issue?.message ?? 'invalid'}`,
+      {
+        hint: `see the API section of the README for ${url.pathname}`,
+      },
+    )
+  }
+  return parsed.data as z.infer<S>
+}
+
+/** A member or node id as the ledger names it: an Ed25519 peer id. */
+function memberId(id: string, what: string): string {
+  try {
+    publicKeyFromId(id)
+    return id
+  } catch {
+    throw new SubstrateError(
+      'E_LEDGER_BAD_MEMBER',
+      `${what} '${id.slice(0, 80)}' is not an Ed25519 peer id`,
+      {
+        hint: "ids look like 12D3KooW…; 'substrate id' shows this node's",
+      },
+    )
+  }
+}
+
+const creditsQuery = z.object({ member: z.string().max(128).optional() })
+const logQuery = z.object({
+  author: z.string().max(128).optional(),
+  limit: z
+    .string()
+    .regex(/^[0-9]{1,7}$/, 'expected a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(1).max(MAX_LOG_LIMIT))
+    .optional(),
+})
+const noQuery = z.object({})
+
+export function ledgerRoutes(c: LedgerRouteComponents): Route[] {
+  return [
+    {
+      method: 'GET',
+      path: '/substrate/v1/credits',
+      handler: async (_req, res, url) => {
+        const q = readQuery(url, creditsQuery)
+        const member = q.member === undefined ? c.member : memberId(q.member, 'member')
+        const why = c.ledger.explain(member)
+        const body: CreditsResponse = { node: c.node, self: member === c.member, ...why }
+        sendJson(res, 200, body)
+      },
+    },
+    {
+      method: 'GET',
+      path: '/substrate/v1/ledger/balances',
+      handler: async (_req, res, url) => {
+        readQuery(url, noQuery)
+        const body: LedgerBalancesResponse = {
+          balances: c.ledger.balances(),
+          headsDigest: ledgerStats(c.db, c.ledger).headsDigest,
+        }
+        sendJson(res, 200, body)
+      },
+    },
+    {
+      method: 'GET',
+      path: '/substrate/v1/ledger/log',
+      handler: async (_req, res, url) => {
+        const q = readQuery(url, logQuery)
+        const author = q.author === undefined ? undefined : memberId(q.author, 'author')
+        const ops: LedgerOpInfo[] = listLatestLedgerOps(c.db, q.limit ?? 50, author).map((row) => ({
+          cid: row.cid,
+          author: row.author,
+          seq: row.seq,
+          kind: row.kind,
+          at: new Date(row.at).toISOString(),
+          facts: JSON.parse(row.facts) as Record<string, unknown>,
+        }))
+        sendJson(res, 200, { ops })
+      },
+    },
+    {
+      method: 'GET',
+      path: '/substrate/v1/ledger/verify',
+      handler: async (_req, res, url) => {
+        readQuery(url, noQuery)
+        const body: LedgerVerifyResponse = auditLedger(c.db, c.ledger)
+        sendJson(res, 200, body)
+      },
+    },
+    {
+      method: 'GET',
+      path: '/substrate/v1/ledger/stats',
+      handler: async (_req, res, url) => {
+        readQuery(url, noQuery)
+        const body: LedgerStatsResponse = { node: c.node, member: c.member, ...ledgerStats(c.db, c.ledger) }
+        sendJson(res, 200, body)
+      },
+    },
+  ]
+}

@@ -1,0 +1,199 @@
+// The credits and ledger routes and commands on a real daemon: its own membership ops, a
+// receipt it logged as worker for a stranger, and every kind of bad query.
+
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import { createClient } from '../../src/api/client.ts'
+import type {
+  CreditsResponse,
+  LedgerBalancesResponse,
+  LedgerOpInfo,
+  LedgerStatsResponse,
+  LedgerVerifyResponse,
+} from '../../src/api/types.ts'
+import { main } from '../../src/cli/main.ts'
+import type { Io } from '../../src/cli/render.ts'
+import { SubstrateError } from '../../src/errors.ts'
+import { generateIdentity } from '../../src/identity/keys.ts'
+import { startTestNode, type TestNode } from '../helpers/node.ts'
+import { makeReceipt } from '../ledger/fixtures.ts'
+
+async function cli(node: TestNode, argv: string[]) {
+  let out = ''
+  let err = ''
+  const io = {
+    stdout: { write: (s: string) => (out += s) },
+    stderr: { write: (s: string) => (err += s) },
+    stdin: process.stdin,
+  } as Io
+  const port = new URL(node.url).port
+  const code = await main([...argv, '--home', node.home, '--port', port], io)
+  return { code, out, err }
+}
+
+describe('credits and ledger on a daemon', () => {
+  let t: TestNode
+  const stranger = generateIdentity()
+  let receiptCid: string
+
+  before(async () => {
+    t = await startTestNode({ mesh: { enabled: false } })
+    // What the worker side logs after a countersigned job: 100 tokens out, 40 in = 110 credits.
+    const bytes = makeReceipt(t.node.identity, stranger, {
+      at: Date.now(),
+      outputTokens: 100,
+      promptTokens: 40,
+    })
+    const op = t.node.ledger.append(t.node.identity, { kind: 'receipt', body: { receipt: bytes } })
+    receiptCid = (op.facts as { receipt: string }).receipt
+  })
+  after(() => t.close())
+
+  const get = async <T>(path: string): Promise<{ status: number; body: T }> => {
+    const res = await fetch(`${t.url}${path}`)
+    return { status: res.status, body: (await res.json()) as T }
+  }
+
+  test('a fresh daemon is a member of its own ledger: genesis and binding of itself', async () => {
+    const { body } = await get<{ ops: LedgerOpInfo[] }>(
+      `/substrate/v1/ledger/log?author=${t.node.identity.id}`,
+    )
+    assert.deepEqual(
+      body.ops.map((o) => [o.seq, o.kind]),
+      [
+        [3, 'receipt'],
+        [2, 'node-binding'],
+        [1, 'member-genesis'],
+      ],
+    )
+    assert.equal(body.ops[1]?.facts.node, t.node.identity.id)
+    assert.equal(t.node.member, t.node.identity.id)
+  })
+
+  test('/substrate/v1/credits shows what the worker earned and which receipt, and the requester its spending', async () => {
+    const mine = await get<CreditsResponse>('/substrate/v1/credits')
+    assert.equal(mine.status, 200)
+    assert.equal(mine.body.self, true)
+    assert.equal(mine.body.balance.member, t.node.identity.id)
+    assert.equal(mine.body.balance.earned, 110)
+    assert.equal(mine.body.balance.balance, 110)
+    assert.deepEqual(mine.body.earnings[0]?.receipts, [receiptCid])
+    assert.equal(mine.body.earnings[0]?.counterparty, stranger.id)
+
+    const theirs = await get<CreditsResponse>(`/substrate/v1/credits?member=${stranger.id}`)
+    assert.equal(theirs.body.self, false)
+    assert.equal(theirs.body.balance.spent, 110)
+    // A newcomer's spending is paid by its (unvouched) floor: its balance does not go negative.
+    assert.equal(theirs.body.balance.floorCovered, 110)
+    assert.equal(theirs.body.balance.balance, 0)
+    assert.equal(theirs.body.balance.floorLeftToday, theirs.body.balance.floorPerDay - 110)
+  })
+
+  test('balances, stats and verify agree with the log', async () => {
+    const balances = await get<LedgerBalancesResponse>('/substrate/v1/ledger/balances')
+    assert.deepEqual(
+      balances.body.balances.map((b) => b.member).sort(),
+      [t.node.identity.id, stranger.id].sort(),
+    )
+    const stats = await get<LedgerStatsResponse>('/substrate/v1/ledger/stats')
+    assert.equal(stats.body.ops, 3)
+    assert.equal(stats.body.members, 1)
+    assert.equal(stats.body.receipts, 1)
+    assert.equal(stats.body.headsDigest, balances.body.headsDigest)
+    const verify = await get<LedgerVerifyResponse>('/substrate/v1/ledger/verify')
+    assert.equal(verify.body.ok, true, JSON.stringify(verify.body))
+    assert.equal(verify.body.ops, 3)
+  })
+
+  test('verify finds a tampered op and a balance that no longer matches', async () => {
+    const db = t.node.db
+    db.prepare(`UPDATE ledger_ops SET facts = ? WHERE author = ? AND seq = 3`).run(
+      JSON.stringify({ kind: 'receipt', tampered: true }),
+      t.node.identity.id,
+    )
+    try {
+      const verify = await get<LedgerVerifyResponse>('/substrate/v1/ledger/verify')
+      assert.equal(verify.body.ok, false)
+      assert.equal(verify.body.problems[0]?.seq, 3)
+      assert.match(verify.body.problems[0]!.problem, /facts differ/)
+      assert.equal(verify.body.balancesMatch, false)
+      const run = await cli(t, ['ledger', 'verify'])
+      assert.equal(run.code, 15)
+      assert.match(run.out, /NOT ok/)
+      assert.match(run.err, /did not verify/)
+    } finally {
+      const bytes = db
+        .prepare('SELECT bytes FROM ledger_ops WHERE author = ? AND seq = 3')
+        .get(t.node.identity.id)
+      assert.ok(bytes)
+      const { decodeOp } = await import('../../src/ledger/ops.ts')
+      const op = decodeOp(bytes.bytes as Uint8Array)
+      db.prepare('UPDATE ledger_ops SET facts = ? WHERE author = ? AND seq = 3').run(
+        JSON.stringify(op.facts),
+        t.node.identity.id,
+      )
+    }
+  })
+
+  test('bad member ids and bad query parameters are refused with typed errors', async () => {
+    const cases: Array<[string, string]> = [
+      ['/substrate/v1/credits?member=alice', 'E_LEDGER_BAD_MEMBER'],
+      [`/substrate/v1/credits?member=${'x'.repeat(500)}`, 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/credits?who=me', 'E_LEDGER_BAD_QUERY'],
+      [`/substrate/v1/credits?member=${stranger.id}&member=${stranger.id}`, 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/ledger/log?limit=0', 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/ledger/log?limit=1001', 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/ledger/log?limit=ten', 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/ledger/log?limit=-1', 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/ledger/log?author=12D3KooWnotakey', 'E_LEDGER_BAD_MEMBER'],
+      ['/substrate/v1/ledger/stats?verbose=1', 'E_LEDGER_BAD_QUERY'],
+      ['/substrate/v1/ledger/verify?x=', 'E_LEDGER_BAD_QUERY'],
+    ]
+    for (const [path, code] of cases) {
+      const res = await get<{ code: string; error: string }>(path)
+      assert.equal(res.status, 400, path)
+      assert.equal(res.body.code, code, `${path}: ${res.body.error}`)
+    }
+    const res = await fetch(`${t.url}/substrate/v1/credits`, { method: 'POST' })
+    assert.equal(res.status, 405)
+    // The client raises the same typed error.
+    const client = createClient({ baseUrl: t.url })
+    await assert.rejects(
+      client.credits('bob'),
+      (e: unknown) => e instanceof SubstrateError && e.code === 'E_LEDGER_BAD_MEMBER',
+    )
+  })
+
+  test('substrate credits and ledger commands render the same facts, and --json prints the API body', async () => {
+    const human = await cli(t, ['credits'])
+    assert.equal(human.code, 0, human.err)
+    assert.match(human.out, /balance\s+110 credits/)
+    assert.match(human.out, /\(this node\)/)
+    assert.ok(human.out.includes(receiptCid))
+    const json = await cli(t, ['credits', stranger.id, '--json'])
+    assert.equal(json.code, 0, json.err)
+    assert.equal((JSON.parse(json.out) as CreditsResponse).balance.spent, 110)
+
+    const log = await cli(t, ['ledger', 'log', '--limit', '2'])
+    assert.equal(log.code, 0, log.err)
+    assert.equal(log.out.trimEnd().split('\n').length, 3) // header + 2 ops
+    const stats = await cli(t, ['ledger', 'stats', '--json'])
+    assert.equal((JSON.parse(stats.out) as LedgerStatsResponse).receipts, 1)
+    const ok = await cli(t, ['ledger', 'verify'])
+    assert.equal(ok.code, 0, ok.err)
+    assert.match(ok.out, /^ok: 3 ops/)
+
+    const badLimit = await cli(t, ['ledger', 'log', '--limit', 'lots'])
+    assert.equal(badLimit.code, 2)
+    assert.match(badLimit.err, /--limit must be/)
+    const badSub = await cli(t, ['ledger', 'burn'])
+    assert.equal(badSub.code, 2)
+    assert.match(badSub.err, /unknown ledger command 'burn'/)
+    const badMember = await cli(t, ['credits', 'alice'])
+    assert.equal(badMember.code, 15)
+    assert.match(badMember.err, /not an Ed25519 peer id/)
+    const help = await cli(t, ['ledger', '--help'])
+    assert.equal(help.code, 0)
+    assert.match(help.out, /Usage: substrate ledger log\|verify\|stats/)
+  })
+})
