@@ -3,12 +3,11 @@
 // output position we read the model's full next-token distribution one token earlier.
 // One prefill of n tokens is far cheaper than generating them one by one.
 //
-// This loads a model in the calling process. In the daemon the check belongs in a runner
-// (the sandboxed unit that owns node-llama-cpp); this function is what that runner runs,
-// and what bench/ledger-verify.ts measures. node-llama-cpp is imported lazily so that the
-// ledger itself never loads it.
+// This loads a model in the calling process, for tests and bench/ledger-verify.ts. In the
+// daemon the check runs in the model's sandboxed runner (runtime `score`, the same
+// scoreOnSequence); node-llama-cpp is imported lazily so that the ledger never loads it.
 
-import type { PositionEvidence } from './ops.ts'
+import { scoreOnSequence } from '../runtime/teacher-forced.ts'
 import type { TeacherForcedScorer } from './verify-receipt.ts'
 
 export interface LlamaScorer extends TeacherForcedScorer {
@@ -60,43 +59,11 @@ export async function createLlamaScorer(init: LlamaScorerInit = {}): Promise<Lla
       const { model } = await open(modelPath)
       return [...model.tokenize(text)]
     },
-    async score({ modelPath, promptTokens, claimedTokens, positions, topK }) {
+    async score({ modelPath, ...input }) {
       const { context } = await open(modelPath)
       const sequence = context.getSequence()
       try {
-        const wanted = new Set(positions.filter((p) => p >= 0 && p < claimedTokens.length))
-        const tokens = [...promptTokens, ...claimedTokens]
-        // Output i is the distribution of token i + 1, so claimed position p is read at
-        // input index promptTokens.length + p − 1.
-        const input = tokens.map((token, i) => {
-          const p = i - promptTokens.length + 1
-          return wanted.has(p)
-            ? ([token, { generateNext: { probabilities: true } }] as [number, object])
-            : token
-        })
-        if (promptTokens.length === 0)
-          throw new Error('a teacher-forced check needs at least one prompt token')
-        const outputs = await sequence.controlledEvaluate(
-          input as Parameters<typeof sequence.controlledEvaluate>[0],
-        )
-        const evidence: PositionEvidence[] = []
-        for (const p of [...wanted].sort((a, b) => a - b)) {
-          const probabilities = outputs[promptTokens.length + p - 1]?.next.probabilities
-          if (probabilities === undefined) continue
-          const claimed = claimedTokens[p]!
-          const top: Array<{ token: number; prob: number }> = []
-          for (const [token, prob] of probabilities) {
-            if (top.length >= topK) break
-            top.push({ token: Number(token), prob })
-          }
-          evidence.push({
-            position: p,
-            claimed,
-            claimedProb: probabilities.get(claimed as never) ?? 0,
-            topK: top,
-          })
-        }
-        return evidence
+        return await scoreOnSequence(sequence, input)
       } finally {
         sequence.dispose()
       }

@@ -11,9 +11,9 @@
 // positions follow from the receipt's CID, which includes the requester's countersignature
 // (with its random nonce), so a worker cannot know when signing whether it will be checked.
 
-import { createHash } from 'node:crypto'
 import type { CountersignedReceipt } from '../mesh/job-records.ts'
 import { MAX_EVIDENCE_POSITIONS, type OpDraft, type PositionEvidence } from './ops.ts'
+import { isSampledForCheck, pickCheckPositions } from './spot-check-sampling.ts'
 
 export const DEFAULT_SPOT_CHECK_RATE = 0.05
 
@@ -45,21 +45,12 @@ export interface Judgement {
 
 /** Whether this receipt is spot-checked, decided from its CID alone (anyone gets the same answer). */
 export function shouldSpotCheck(receiptCid: string, rate = DEFAULT_SPOT_CHECK_RATE): boolean {
-  if (!(rate > 0)) return false
-  if (rate >= 1) return true
-  return unitFromHash('substrate/spot-check/1', receiptCid, 0) < rate
+  return isSampledForCheck(receiptCid, rate)
 }
 
 /** Up to `count` distinct output positions to compare, sorted, derived from the receipt CID. */
 export function samplePositions(receiptCid: string, outputTokens: number, count = 16): number[] {
-  const n = Math.min(count, outputTokens, MAX_EVIDENCE_POSITIONS)
-  if (n <= 0) return []
-  if (n === outputTokens) return Array.from({ length: n }, (_, i) => i)
-  const picked = new Set<number>()
-  for (let i = 0; picked.size < n; i++) {
-    picked.add(Math.floor(unitFromHash('substrate/spot-check-position/1', receiptCid, i) * outputTokens))
-  }
-  return [...picked].sort((a, b) => a - b)
+  return pickCheckPositions(receiptCid, outputTokens, Math.min(count, MAX_EVIDENCE_POSITIONS))
 }
 
 /** Decides honest or lying from the verifier's view at the sampled positions. */
@@ -119,10 +110,4 @@ export interface TeacherForcedScorer {
     positions: readonly number[]
     topK: number
   }): Promise<PositionEvidence[]>
-}
-
-function unitFromHash(domain: string, cid: string, counter: number): number {
-  const h = createHash('sha256').update(domain).update('\0').update(cid).update(`\0${counter}`).digest()
-  // 48 bits: exact in a double, and far finer than any rate anyone will set.
-  return h.readUIntBE(0, 6) / 2 ** 48
 }

@@ -14,7 +14,13 @@ import type { MeshNode } from './libp2p-node.ts'
 export { JOB_PROTOCOL } from './job-codec.ts'
 export type { CountersignedReceipt, JobManifest, Receipt } from './job-records.ts'
 export { verifyCountersignedReceipt } from './job-records.ts'
-export type { JobRequest, JobRequestOptions, MeshJobEvent, MeshJobResult } from './job-requester.ts'
+export type {
+  CountersignedJob,
+  JobRequest,
+  JobRequestOptions,
+  MeshJobEvent,
+  MeshJobResult,
+} from './job-requester.ts'
 export type { AdmittedJob, JobOutcome, RunJob } from './job-worker.ts'
 
 export interface JobProtocolComponents {
@@ -47,6 +53,7 @@ export function createJobProtocol(
     activeJobs: () => worker.activeJobs(),
     onActivity: (listener) => worker.onActivity(listener),
     onJobEnd: (listener) => worker.onJobEnd(listener),
+    onCountersigned: (listener) => requester.onCountersigned(listener),
     stream: (peer, request, options) => requester.stream(peer, request, options),
     run: (peer, request, options) => requester.run(peer, request, options),
   }

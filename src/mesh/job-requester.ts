@@ -77,7 +77,18 @@ export interface JobRequesterInit {
   stallTimeoutMs?: number
 }
 
+/** A job this node asked for and countersigned, as it saw it: what a spot check needs. */
+export interface CountersignedJob {
+  receipt: CountersignedReceipt
+  /** The exact manifest envelope bytes the worker admitted (CID = the receipt's job). */
+  manifest: Uint8Array
+  /** The output text this worker sent (not what earlier workers of a failover sent). */
+  output: string
+}
+
 export interface JobRequester {
+  /** Called after each receipt this node countersigned. */
+  onCountersigned(listener: (job: CountersignedJob) => void): () => void
   stream(worker: string, request: JobRequest, options?: JobRequestOptions): AsyncGenerator<MeshJobEvent>
   run(worker: string, request: JobRequest, options?: JobRequestOptions): Promise<MeshJobResult>
 }
@@ -100,6 +111,7 @@ export function createJobRequester(
   const dialTimeoutMs = init.dialTimeoutMs ?? 10_000
   const admissionTimeoutMs = init.admissionTimeoutMs ?? 10_000
   const stallTimeoutMs = init.stallTimeoutMs ?? 60_000
+  const countersignedListeners = new Set<(job: CountersignedJob) => void>()
 
   async function* stream(
     worker: string,
@@ -182,6 +194,8 @@ export function createJobRequester(
             receipt: workerReceipt.payload,
             workerReceipt: frame.receipt,
           }
+          for (const listener of countersignedListeners)
+            listener({ receipt, manifest: signed.bytes, output: text })
           const totalMs = performance.now() - started
           yield { type: 'done', stats: frame.stats, loadMs: 0, totalMs, worker, job: signed.cid, receipt }
           return
@@ -209,6 +223,10 @@ export function createJobRequester(
   }
 
   return {
+    onCountersigned(listener) {
+      countersignedListeners.add(listener)
+      return () => countersignedListeners.delete(listener)
+    },
     stream,
     async run(worker, request, options) {
       const started = performance.now()

@@ -44,9 +44,43 @@ export const generateMessageSchema = z.object({
 })
 export type GenerateMessage = z.infer<typeof generateMessageSchema>
 
+/**
+ * A teacher-forced check of a claimed output (a spot check of another node's receipt): the
+ * runner builds the prompt exactly as `generate` would, splits `output` into tokens in each
+ * canonical way (teacher-forced.ts), picks `count` positions per split from `seed` (the
+ * receipt's CID) and returns the model's view at them. Generates nothing.
+ */
+export const scoreMessageSchema = z.object({
+  type: z.literal('score'),
+  id: z.string(),
+  mode: z.enum(['completion', 'chat']),
+  prompt: z.string().optional(),
+  messages: z.array(chatMessageSchema).optional(),
+  output: z.string(),
+  seed: z.string(),
+  count: z.number().int().min(1).max(64),
+  topK: z.number().int().min(1).max(16),
+})
+export type ScoreMessage = z.infer<typeof scoreMessageSchema>
+
+const scoredPositionSchema = z.object({
+  position: z.number().int().nonnegative(),
+  claimed: z.number().int().nonnegative(),
+  claimedProb: z.number().min(0).max(1),
+  topK: z.array(z.object({ token: z.number().int().nonnegative(), prob: z.number().min(0).max(1) })).max(16),
+})
+
+/** One canonical split of the claimed output and the model's view at its sampled positions. */
+export const scoredSplitSchema = z.object({
+  tokens: z.number().int().nonnegative(),
+  evidence: z.array(scoredPositionSchema).max(64),
+})
+export type ScoredSplit = z.infer<typeof scoredSplitSchema>
+
 export const toRunnerSchema = z.discriminatedUnion('type', [
   loadMessageSchema,
   generateMessageSchema,
+  scoreMessageSchema,
   z.object({ type: z.literal('cancel'), id: z.string() }),
   z.object({ type: z.literal('shutdown') }),
 ])
@@ -79,6 +113,12 @@ export const fromRunnerSchema = z.discriminatedUnion('type', [
   }),
   z.object({ type: z.literal('token'), id: z.string(), text: z.string() }),
   z.object({ type: z.literal('done'), id: z.string(), stats: generationStatsSchema }),
+  z.object({
+    type: z.literal('scored'),
+    id: z.string(),
+    promptTokens: z.number().int().nonnegative(),
+    splits: z.array(scoredSplitSchema).max(4),
+  }),
   z.object({ type: z.literal('error'), id: z.string().optional(), code: z.string(), message: z.string() }),
 ])
 export type FromRunner = z.infer<typeof fromRunnerSchema>

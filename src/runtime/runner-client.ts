@@ -14,11 +14,30 @@ import {
   fromRunnerSchema,
   type GenerationStats,
   type SamplingOptions,
+  type ScoredSplit,
   type ToRunner,
 } from './protocol.ts'
 import type { RunnerLauncher } from './spawn.ts'
 
 export type RunnerEvent = { type: 'token'; text: string } | { type: 'done'; stats: GenerationStats }
+type ScoredEvent = { type: 'scored'; promptTokens: number; splits: ScoredSplit[] }
+
+/** A teacher-forced check of `output` after the request's prompt (protocol.ts, `score`). */
+export interface RunnerScoreRequest {
+  mode: 'completion' | 'chat'
+  prompt?: string
+  messages?: ChatMessage[]
+  output: string
+  /** the receipt CID the positions are drawn from */
+  seed: string
+  count: number
+  topK: number
+}
+
+export interface RunnerScore {
+  promptTokens: number
+  splits: ScoredSplit[]
+}
 
 export interface RunnerRequest {
   mode: 'completion' | 'chat'
@@ -37,6 +56,7 @@ export interface RunnerHandle {
   /** requests currently generating or waiting for a sequence */
   readonly active: number
   generate(req: RunnerRequest, signal?: AbortSignal): AsyncIterable<RunnerEvent>
+  score(req: RunnerScoreRequest): Promise<RunnerScore>
   /** resolves when the process has exited, for whatever reason */
   readonly exited: Promise<void>
   stop(): Promise<void>
@@ -65,7 +85,7 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
     parallel: init.parallel,
   })
   const log = init.logger.child(`runner:${child.pid ?? '?'}`)
-  const requests = new Map<string, Channel<RunnerEvent>>()
+  const requests = new Map<string, Channel<RunnerEvent | ScoredEvent>>()
   let stderrTail = ''
   let exitedFlag = false
   let onReady: ((msg: Extract<FromRunner, { type: 'ready' }>) => void) | undefined
@@ -81,7 +101,7 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
       requests.get(msg.id!)?.fail(typedError(msg.code, msg.message))
       requests.delete(msg.id!)
     } else if (msg.type === 'token') requests.get(msg.id)?.push(msg)
-    else if (msg.type === 'done') {
+    else if (msg.type === 'done' || msg.type === 'scored') {
       const ch = requests.get(msg.id)
       requests.delete(msg.id)
       ch?.push(msg)
@@ -191,20 +211,34 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
     generate(req, signal) {
       if (exitedFlag) throw new SubstrateError('E_RUNNER_CRASHED', 'the model runner has stopped')
       const id = randomUUID()
-      const ch = createChannel<RunnerEvent>()
+      const ch = createChannel<RunnerEvent | ScoredEvent>()
       requests.set(id, ch)
       const cancel = () => write({ type: 'cancel', id })
       signal?.addEventListener('abort', cancel, { once: true })
       write({ type: 'generate', id, ...req })
       return (async function* () {
         try {
-          yield* ch
+          for await (const ev of ch) if (ev.type !== 'scored') yield ev
         } finally {
           signal?.removeEventListener('abort', cancel)
           // A consumer that stops early (client gone) cancels the generation.
           if (requests.delete(id)) cancel()
         }
       })()
+    },
+    async score(req) {
+      if (exitedFlag) throw new SubstrateError('E_RUNNER_CRASHED', 'the model runner has stopped')
+      const id = randomUUID()
+      const ch = createChannel<RunnerEvent | ScoredEvent>()
+      requests.set(id, ch)
+      write({ type: 'score', id, ...req })
+      try {
+        for await (const ev of ch)
+          if (ev.type === 'scored') return { promptTokens: ev.promptTokens, splits: ev.splits }
+      } finally {
+        requests.delete(id)
+      }
+      throw new SubstrateError('E_INTERNAL', 'the runner ended a check without a result')
     },
     async stop() {
       if (exitedFlag) return

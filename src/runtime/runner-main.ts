@@ -17,14 +17,17 @@ import type {
   LlamaModel,
   Token,
 } from 'node-llama-cpp'
+import { pickCheckPositions } from '../ledger/spot-check-sampling.ts'
 import {
   type ChatMessage,
   type DoneReason,
   type FromRunner,
   type GenerateMessage,
   type SamplingOptions,
+  type ScoreMessage,
   toRunnerSchema,
 } from './protocol.ts'
+import { outputTokenizations, scoreOnSequence } from './teacher-forced.ts'
 import { chooseThreads } from './threads.ts'
 
 const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n`)
@@ -184,13 +187,55 @@ async function generate(req: GenerateMessage) {
       },
     })
   } catch (err) {
-    const typed = err as { code?: unknown }
-    const code = typeof typed.code === 'string' && typed.code.startsWith('E_') ? typed.code : 'E_INTERNAL'
-    send({ type: 'error', id: req.id, code, message: err instanceof Error ? err.message : String(err) })
+    sendError(req.id, err)
   } finally {
     active.delete(req.id)
     releaseSequence(seq)
   }
+}
+
+// The tokens `generate` feeds the model for this request, rebuilt the same way: LlamaCompletion
+// prepends BOS where the vocabulary wants it; LlamaChat renders the history through the
+// chat wrapper and opens the model's turn.
+function promptTokensOf(req: ScoreMessage): number[] {
+  if (!model || !chatWrapper) throw new Error('score before load')
+  if (req.mode === 'chat') {
+    const history = [...toHistory(req.messages ?? []), { type: 'model' as const, response: [] }]
+    return [
+      ...chatWrapper.generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer),
+    ]
+  }
+  const bos = model.tokens.shouldPrependBosToken ? model.tokens.bos : null
+  const text = model.tokenize(req.prompt ?? '', false, bos === null ? undefined : 'trimLeadingSpace')
+  return bos === null ? [...text] : [bos, ...text]
+}
+
+async function score(req: ScoreMessage) {
+  const seq = await acquireSequence()
+  try {
+    if (!model) throw new Error('score before load')
+    const promptTokens = promptTokensOf(req)
+    const splits = []
+    for (const claimedTokens of outputTokenizations(model, req.output)) {
+      assertFits(promptTokens.length + claimedTokens.length)
+      const positions = pickCheckPositions(req.seed, claimedTokens.length, req.count)
+      const evidence = await scoreOnSequence(seq, { promptTokens, claimedTokens, positions, topK: req.topK })
+      splits.push({ tokens: claimedTokens.length, evidence })
+    }
+    send({ type: 'scored', id: req.id, promptTokens: promptTokens.length, splits })
+  } catch (err) {
+    sendError(req.id, err)
+  } finally {
+    // Generation must not reuse our prefill as its own prefix.
+    await seq.clearHistory().catch(() => {})
+    releaseSequence(seq)
+  }
+}
+
+function sendError(id: string, err: unknown) {
+  const typed = err as { code?: unknown }
+  const code = typeof typed.code === 'string' && typed.code.startsWith('E_') ? typed.code : 'E_INTERNAL'
+  send({ type: 'error', id, code, message: err instanceof Error ? err.message : String(err) })
 }
 
 function assertFits(promptTokens: number) {
@@ -224,6 +269,8 @@ lines.on('line', (line) => {
     })
   } else if (msg.type === 'generate') {
     void generate(msg)
+  } else if (msg.type === 'score') {
+    void score(msg)
   } else if (msg.type === 'cancel') {
     active.get(msg.id)?.abort()
   } else {

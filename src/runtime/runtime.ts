@@ -6,7 +6,7 @@
 import type { Logger } from '../logger.ts'
 import type { ModelRecord } from '../models/types.ts'
 import type { ChatMessage, GenerationStats, SamplingOptions } from './protocol.ts'
-import { type RunnerHandle, startRunner } from './runner-client.ts'
+import { type RunnerHandle, type RunnerScore, type RunnerScoreRequest, startRunner } from './runner-client.ts'
 import {
   type RunnerLauncher,
   type SpawnRunner,
@@ -42,6 +42,12 @@ export interface GenerateRequest {
   signal?: AbortSignal
 }
 
+export interface ScoreRequest extends RunnerScoreRequest {
+  model: ModelRecord
+}
+
+export type { RunnerScore as ScoreResult } from './runner-client.ts'
+
 export type RuntimeEvent =
   | { type: 'token'; text: string }
   | { type: 'done'; stats: GenerationStats; loadMs: number; totalMs: number }
@@ -72,6 +78,11 @@ interface Slot {
 
 export interface Runtime {
   generate(req: GenerateRequest): AsyncGenerator<RuntimeEvent>
+  /**
+   * A teacher-forced check of a claimed output in the model's runner (a spot check, DESIGN.md
+   * step 8): one prefill, no generation; it shares the runner's sequences with generation.
+   */
+  score(req: ScoreRequest): Promise<RunnerScore>
   /** loads a model without generating (Ollama's empty-prompt request) */
   load(model: ModelRecord, keepAliveMs?: number): Promise<number>
   ps(): LoadedModel[]
@@ -204,6 +215,16 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
       } finally {
         slot.lastUsed = Date.now()
         // The request's own channel is released synchronously, so `active` is already current.
+        armKeepAlive(slot)
+      }
+    },
+    async score({ model, ...req }) {
+      const contextSize = effectiveContextSize(init.contextSize, model)
+      const { slot } = await acquire(model, contextSize, init.keepAliveMs)
+      try {
+        return await (await slot.runner).score(req)
+      } finally {
+        slot.lastUsed = Date.now()
         armKeepAlive(slot)
       }
     },
