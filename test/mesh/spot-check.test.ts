@@ -15,7 +15,7 @@ import { createLedger, type Ledger } from '../../src/ledger/ledger.ts'
 import { decodeOp } from '../../src/ledger/ops.ts'
 import { diff, emptyHeads } from '../../src/ledger/vector.ts'
 import { silentLogger } from '../../src/logger.ts'
-import { createJobProtocol, type CountersignedJob, type JobProtocol } from '../../src/mesh/job-protocol.ts'
+import { type CountersignedJob, createJobProtocol, type JobProtocol } from '../../src/mesh/job-protocol.ts'
 import type { RunJob } from '../../src/mesh/job-worker.ts'
 import { createRuntimeJobRunner } from '../../src/mesh/runtime-job.ts'
 import {
