@@ -121,7 +121,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     let meshInfo: MeshRouteComponents['mesh']
     if (config.mesh.enabled) {
       mesh = await createMesh(
-        { identity, logger, models, runtime },
+        { identity, logger, models, runtime, standingOf: (requester) => ledger.standingOf(requester) },
         {
           node: { listen: config.mesh.listen, bootstrap: config.mesh.bootstrap, mdns: config.mesh.mdns },
           jobs: { maxConcurrentJobs: config.mesh.jobSlots },

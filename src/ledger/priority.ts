@@ -65,7 +65,8 @@ export interface SlotState {
 /**
  * Which waiting requests to start now. ⌈slots · share⌉ slots stay reserved for floor-level
  * requests: a priority request never takes the last free slots of an unfilled reservation,
- * even when no floor-level request is waiting yet, so one arriving next finds room.
+ * even when no floor-level request is waiting yet, so one arriving next finds room. A worker
+ * with one slot reserves none (see below).
  */
 export function pickAdmissions(
   queue: readonly QueuedRequest[],
@@ -73,7 +74,9 @@ export function pickAdmissions(
   init: PriorityInit = {},
 ): QueuedRequest[] {
   const share = clampShare(init.reservedCommonsShare ?? DEFAULT_RESERVED_COMMONS_SHARE)
-  const reserved = share > 0 ? Math.max(1, Math.ceil(slots.slots * share)) : 0
+  // A single slot cannot be held back: reserving it would exclude everyone with credits.
+  // There the reserved share is kept in the order alone (orderQueue).
+  const reserved = share > 0 && slots.slots > 1 ? Math.max(1, Math.ceil(slots.slots * share)) : 0
   let free = Math.max(0, slots.slots - slots.running)
   let reservedFree = Math.min(free, Math.max(0, reserved - slots.runningFloor))
   const picked: QueuedRequest[] = []

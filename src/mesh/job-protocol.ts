@@ -8,7 +8,13 @@ import type { ReplayGuard } from '../identity/envelope.ts'
 import type { Identity } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
 import { createJobRequester, type JobRequester, type JobRequesterInit } from './job-requester.ts'
-import { createJobWorker, type JobWorker, type JobWorkerInit, type RunJob } from './job-worker.ts'
+import {
+  createJobWorker,
+  type JobWorker,
+  type JobWorkerComponents,
+  type JobWorkerInit,
+  type RunJob,
+} from './job-worker.ts'
 import type { MeshNode } from './libp2p-node.ts'
 
 export { JOB_PROTOCOL } from './job-codec.ts'
@@ -35,6 +41,8 @@ export interface JobProtocolComponents {
   replay?: ReplayGuard
   /** Why this node serves no jobs at all right now, or undefined when it does. */
   refusal?: () => SubstrateError | undefined
+  /** The requester's standing in the credits ledger, for the worker's queue order. */
+  standingOf?: JobWorkerComponents['standingOf']
 }
 
 export type JobProtocolInit = JobWorkerInit & JobRequesterInit
@@ -51,6 +59,7 @@ export function createJobProtocol(
     start: () => worker.start(),
     stop: () => worker.stop(),
     activeJobs: () => worker.activeJobs(),
+    queuedJobs: () => worker.queuedJobs(),
     onActivity: (listener) => worker.onActivity(listener),
     onJobEnd: (listener) => worker.onJobEnd(listener),
     onCountersigned: (listener) => requester.onCountersigned(listener),

@@ -1,5 +1,8 @@
-// The worker side of `/substrate/job/1`: admit or refuse a manifest, stream tokens as the
-// runtime produces them, sign a receipt, and collect the requester's countersignature.
+// The worker side of `/substrate/job/1`: admit, queue or refuse a manifest, stream tokens as
+// the runtime produces them, sign a receipt, and collect the requester's countersignature.
+// When every slot is busy a verified job waits in a short queue served in the order of the
+// requesters' standing in the credits ledger, with a reserved commons share for requesters at
+// floor level (ledger/priority.ts): credits buy priority, never exclusion.
 // Generation is stopped the moment the requester cancels, resets the stream or stops
 // reading, because every token after that is compute nobody will ever credit.
 
@@ -7,6 +10,7 @@ import type { Connection, Stream } from '@libp2p/interface'
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import { cidOf, createMemoryReplayGuard, type Envelope, type ReplayGuard } from '../identity/envelope.ts'
 import type { Identity } from '../identity/keys.ts'
+import { isFloorLevel, pickAdmissions, type QueuedRequest, type Standing } from '../ledger/priority.ts'
 import type { Logger } from '../logger.ts'
 import type { GenerationStats } from '../runtime/protocol.ts'
 import type { RuntimeEvent } from '../runtime/runtime.ts'
@@ -59,6 +63,8 @@ export interface JobWorkerComponents {
   replay?: ReplayGuard
   /** Why this node serves no jobs at all right now (e.g. no sandbox), or undefined when it does. */
   refusal?: () => SubstrateError | undefined
+  /** The requester's standing in the credits ledger; without it every requester is at floor level. */
+  standingOf?: (requester: string) => Standing
 }
 
 export interface JobWorkerInit {
@@ -71,18 +77,33 @@ export interface JobWorkerInit {
   writeTimeoutMs?: number
   /** Longest a token is held to share a frame with the next ones (see token-batcher.ts). */
   tokenWindowMs?: number
+  /** Verified jobs that may wait for a slot; beyond that a busy worker refuses at once. */
+  maxQueuedJobs?: number
+  /** Longest a job waits for a slot before it is refused with E_WORKER_BUSY. */
+  queueTimeoutMs?: number
+  /** Share of slots kept for floor-level requesters (ledger/priority.ts). */
+  reservedCommonsShare?: number
 }
 
 export interface JobWorker {
   start(): Promise<void>
   stop(): Promise<void>
   activeJobs(): number
+  /** Jobs waiting for a slot. */
+  queuedJobs(): number
   /** Called when a job is admitted or ends: the capacity record changed. */
   onActivity(listener: () => void): () => void
   onJobEnd(listener: (outcome: JobOutcome) => void): () => void
 }
 
 type WorkerChannel = FrameChannel<RequesterFrame, WorkerFrame>
+
+interface Waiting {
+  request: QueuedRequest
+  timer: NodeJS.Timeout
+  /** Called once: with undefined when the job got a slot, else with why not. */
+  settle(refusal: SubstrateError | undefined): void
+}
 
 /** Marks an abort caused by the requester, to whom there is no point writing an error. */
 class RequesterLeft extends SubstrateError {}
@@ -96,12 +117,69 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
   const countersignTimeoutMs = init.countersignTimeoutMs ?? 10_000
   const writeTimeoutMs = init.writeTimeoutMs ?? 30_000
   const tokenWindowMs = init.tokenWindowMs ?? 4
+  const maxQueuedJobs = init.maxQueuedJobs ?? 8
+  // Well inside the requester's admission timeout (10 s), so it hears "busy" and tries elsewhere.
+  const queueTimeoutMs = init.queueTimeoutMs ?? 5_000
+  const priority = { reservedCommonsShare: init.reservedCommonsShare }
   const running = new Map<string, AbortController>()
+  /** Running jobs of floor-level requesters: they fill the reserved commons share first. */
+  const runningFloor = new Set<string>()
+  const waiting = new Map<string, Waiting>()
   const activityListeners = new Set<() => void>()
   const endListeners = new Set<(outcome: JobOutcome) => void>()
   const activity = () => {
     for (const listener of activityListeners) listener()
   }
+
+  const standingOf = (requester: string): Standing =>
+    components.standingOf?.(requester) ?? { member: requester, balance: 0, floorLeftToday: 0 }
+
+  // Starts what the priority rules allow: called when a job arrives and when a slot frees.
+  // Synchronous from pick to `running.set`, so two arrivals in one tick cannot share a slot.
+  const pump = () => {
+    if (waiting.size === 0) return
+    const picked = pickAdmissions(
+      [...waiting.values()].map((w) => w.request),
+      { slots: maxConcurrentJobs, running: running.size, runningFloor: runningFloor.size },
+      priority,
+    )
+    for (const request of picked) {
+      const w = waiting.get(request.id)
+      if (w === undefined) continue
+      waiting.delete(request.id)
+      clearTimeout(w.timer)
+      running.set(request.id, new AbortController())
+      if (isFloorLevel(request.standing)) runningFloor.add(request.id)
+      w.settle(undefined)
+    }
+  }
+
+  /** Frees a job's slot (once) and hands it on. */
+  const release = (cid: string) => {
+    runningFloor.delete(cid)
+    if (!running.delete(cid)) return
+    pump()
+    activity()
+  }
+
+  /** Resolves when `cid` has a slot (undefined), or with the refusal when it cannot get one in time. */
+  const waitForSlot = (cid: string, standing: Standing) =>
+    new Promise<SubstrateError | undefined>((resolve) => {
+      const request: QueuedRequest = { id: cid, standing, enqueuedAt: Date.now() }
+      const timer = setTimeout(() => {
+        if (!waiting.delete(cid)) return
+        activity()
+        resolve(
+          new SubstrateError(
+            'E_WORKER_BUSY',
+            `waited ${queueTimeoutMs} ms in the queue; all ${maxConcurrentJobs} job slots stayed busy`,
+          ),
+        )
+      }, queueTimeoutMs)
+      waiting.set(cid, { request, timer, settle: resolve })
+      pump()
+      if (waiting.has(cid)) activity() // the queue grew: the capacity record says so
+    })
 
   const refuse = async (ch: WorkerChannel, err: SubstrateError, reset: boolean) => {
     log.info('refused job', { code: err.code, error: err.message })
@@ -123,11 +201,19 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
       await refuse(ch, new SubstrateError('E_PROTOCOL', `expected a manifest frame, got ${frame.t}`), true)
       return undefined
     }
-    // Cheapest first: a busy worker says so before spending a signature check.
-    if (running.size >= maxConcurrentJobs) {
+    // Cheapest first: a worker with a full queue says so before spending a signature check.
+    // The stream's peer is authenticated, so its standing is known already. A floor-level
+    // requester is still let in while a slot is free: the reserved share may be free for it
+    // while priority requests wait.
+    const standing = standingOf(remote)
+    const full = running.size >= maxConcurrentJobs || !isFloorLevel(standing)
+    if (waiting.size >= maxQueuedJobs && full) {
       await refuse(
         ch,
-        new SubstrateError('E_WORKER_BUSY', `all ${maxConcurrentJobs} job slots are busy`),
+        new SubstrateError(
+          'E_WORKER_BUSY',
+          `all ${maxConcurrentJobs} job slots are busy and ${waiting.size} jobs are waiting`,
+        ),
         false,
       )
       return undefined
@@ -137,6 +223,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
       await refuse(ch, refusal, false)
       return undefined
     }
+    let job: AdmittedJob
     try {
       const envelope = verifyManifest(frame.manifest, remote, { replay })
       if (!components.hasModel(envelope.payload.model)) {
@@ -146,14 +233,18 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
         )
       }
       const cid = cidOf(frame.manifest)
-      // Taken here, synchronously with the check above, so two manifests arriving in one
-      // tick cannot both pass it.
-      running.set(cid, new AbortController())
-      return { cid, requester: remote, manifest: envelope.payload, envelope }
+      job = { cid, requester: remote, manifest: envelope.payload, envelope }
     } catch (err) {
       await refuse(ch, toSubstrateError(err), false)
       return undefined
     }
+    // The queue has room (checked above, and nothing awaited since): wait for a slot.
+    const refused = await waitForSlot(job.cid, standing)
+    if (refused !== undefined) {
+      await refuse(ch, refused, false)
+      return undefined
+    }
+    return job
   }
 
   // Resolves with the requester's next frame. Any frame but a countersign, or the stream
@@ -249,8 +340,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
         outputTokens: stats.outputTokens,
         computeMs,
       })
-      running.delete(job.cid) // the slot is free once generation ends, countersigned or not
-      activity()
+      release(job.cid) // the slot is free once generation ends, countersigned or not
       await ch.write({ t: 'done', stats, receipt }, writeTimeoutMs)
       const timer = setTimeout(() => readAbort.abort(), countersignTimeoutMs)
       try {
@@ -285,7 +375,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
       return { job, status: requesterLeft || ac.signal.aborted ? 'cancelled' : 'failed', error }
     } finally {
       readAbort.abort()
-      if (running.delete(job.cid)) activity()
+      release(job.cid)
     }
   }
 
@@ -313,15 +403,21 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
             stream.abort(toSubstrateError(err))
           })
         },
-        // Room beyond the job slots so a busy worker can still answer "busy".
-        { maxInboundStreams: maxConcurrentJobs + 32 },
+        // Room beyond the job slots and the queue so a busy worker can still answer "busy".
+        { maxInboundStreams: maxConcurrentJobs + maxQueuedJobs + 32 },
       )
     },
     async stop() {
       await libp2p.unhandle(JOB_PROTOCOL)
+      for (const [cid, w] of waiting) {
+        waiting.delete(cid)
+        clearTimeout(w.timer)
+        w.settle(new SubstrateError('E_CANCELLED', 'the worker is stopping'))
+      }
       for (const ac of running.values()) ac.abort(new SubstrateError('E_CANCELLED', 'the worker is stopping'))
     },
     activeJobs: () => running.size,
+    queuedJobs: () => waiting.size,
     onActivity(listener) {
       activityListeners.add(listener)
       return () => activityListeners.delete(listener)

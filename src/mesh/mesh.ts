@@ -18,6 +18,7 @@ import { continuation } from './continuation.ts'
 import {
   createJobProtocol,
   type JobProtocol,
+  type JobProtocolComponents,
   type JobProtocolInit,
   type JobRequest,
   type JobRequestOptions,
@@ -35,6 +36,8 @@ export interface MeshComponents {
   models: Pick<ModelStore, 'list'>
   runtime: Pick<Runtime, 'generate' | 'ps'>
   replay?: ReplayGuard
+  /** The credits ledger's view of a requester, for the order of the worker's queue. */
+  standingOf?: JobProtocolComponents['standingOf']
 }
 
 export interface MeshInit {
@@ -111,6 +114,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
         modelByDigest: (digest) => components.models.list().find((m) => m.digest === digest),
       }),
       ...(components.replay === undefined ? {} : { replay: components.replay }),
+      ...(components.standingOf === undefined ? {} : { standingOf: components.standingOf }),
       ...(init.refuseJobs === undefined
         ? {}
         : {
@@ -131,8 +135,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
     loaded: [...new Set(components.runtime.ps().map((m) => m.digest))].slice(0, 16),
     freeSlots: serving ? Math.max(0, maxConcurrentJobs - jobs.activeJobs()) : 0,
     tokensPerSecond: Math.round(tokensPerSecond * 10) / 10,
-    // Jobs are admitted or refused, never queued, so nothing waits here yet.
-    queueDepth: 0,
+    queueDepth: jobs.queuedJobs(),
   })
   const capacity = createCapacityGossip(
     { mesh: node, identity: components.identity, logger: components.logger, snapshot },

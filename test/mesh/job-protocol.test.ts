@@ -54,7 +54,11 @@ describe('job protocol between two real nodes', () => {
       runJob: (job: Parameters<ReturnType<typeof fakeRunJob>>[0], signal: AbortSignal) =>
         fakeRunJob(probe, mode)(job, signal),
     })
-    worker = createJobProtocol(components(w), { maxConcurrentJobs: 1, countersignTimeoutMs: 2_000 })
+    worker = createJobProtocol(components(w), {
+      maxConcurrentJobs: 1,
+      countersignTimeoutMs: 2_000,
+      queueTimeoutMs: 500,
+    })
     requester = createJobProtocol(components(r), { stallTimeoutMs: 1_000, admissionTimeoutMs: 2_000 })
     await worker.start()
     await requester.start()
@@ -109,26 +113,38 @@ describe('job protocol between two real nodes', () => {
     )
   })
 
-  test('a busy worker refuses with E_WORKER_BUSY', async () => {
+  test('a worker whose slot stays busy past the queue timeout refuses with E_WORKER_BUSY', async () => {
     mode = { forever: true, delayMs: 20 }
     const first = requester.stream(workerId, request())
     await first.next() // the first token: the only slot is taken
-    await assert.rejects(requester.run(workerId, request()), rejectsWith('E_WORKER_BUSY'))
+    const asked = performance.now()
+    await assert.rejects(requester.run(workerId, request()), (err: unknown) => {
+      rejectsWith('E_WORKER_BUSY')(err)
+      assert.match((err as Error).message, /waited 500 ms in the queue/)
+      return true
+    })
+    assert.ok(performance.now() - asked >= 450, 'it waited in the queue first')
     await first.return(undefined)
     await waitFor(() => worker.activeJobs() === 0, 'the slot to free up')
   })
 
-  test('two manifests at once for one slot: one runs, the other is refused as busy', async () => {
+  test('two manifests at once for one slot: one runs, the other waits in the queue and runs next', async () => {
     mode = { delayMs: 20 }
-    const results = await Promise.allSettled([
+    const started = probe.started
+    const results = await Promise.all([
       requester.run(workerId, request()),
       requester.run(workerId, request()),
     ])
-    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1)
-    const refused = results.find((r) => r.status === 'rejected')
-    assert.ok(refused?.status === 'rejected')
-    rejectsWith('E_WORKER_BUSY')(refused.reason)
-    await waitFor(() => worker.activeJobs() === 0, 'the slot to free up')
+    assert.deepEqual(
+      results.map((r) => r.text),
+      ['Hello, mesh!', 'Hello, mesh!'],
+    )
+    assert.equal(probe.started - started, 2)
+    // One slot: the second job's first token came after the first job's last.
+    const [a, b] = results.map((r) => r.firstTokenMs!) as [number, number]
+    assert.ok(Math.max(a, b) >= 60, `one of them waited for the slot (${a} ms, ${b} ms)`)
+    assert.equal(worker.activeJobs(), 0)
+    assert.equal(worker.queuedJobs(), 0)
   })
 
   test('a requester that stops reading mid-stream stops the worker generating', async () => {
