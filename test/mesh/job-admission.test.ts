@@ -1,14 +1,28 @@
-// The worker's admission queue between real libp2p nodes: when every slot is busy, verified
-// jobs wait, are started in the order of their requesters' standing, a share of the slots
-// stays reserved for requesters at floor level, and a job that cannot get a slot in time,
-// or finds the queue full, is refused with E_WORKER_BUSY.
+// Bad input at admission: each hostile or broken manifest gets a typed refusal frame, and a
+// broken worker gets a typed error on the requester. Frames are written by hand here, since
+// the requester's own API refuses to build most of them.
 
 import assert from 'node:assert/strict'
-import { after, describe, test } from 'node:test'
-import type { Standing } from '../../src/ledger/priority.ts'
+import { randomBytes } from 'node:crypto'
+import { after, before, describe, test } from 'node:test'
+import * as dagCbor from '@ipld/dag-cbor'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { lpStream } from '@libp2p/utils'
+import { cidOf, encodeEnvelope, signEnvelope } from '../../src/identity/envelope.ts'
+import { generateIdentity } from '../../src/identity/keys.ts'
 import { silentLogger } from '../../src/logger.ts'
-import { createJobProtocol, type JobProtocol, type JobRequest } from '../../src/mesh/job-protocol.ts'
-import type { JobWorkerInit, RunJob } from '../../src/mesh/job-worker.ts'
+import {
+  frameChannel,
+  JOB_PROTOCOL,
+  MAX_WORKER_FRAME_BYTES,
+  type RequesterFrame,
+  requesterFrameSchema,
+  type WorkerFrame,
+  workerFrameSchema,
+} from '../../src/mesh/job-codec.ts'
+import { createJobProtocol, type JobProtocol } from '../../src/mesh/job-protocol.ts'
+import { signManifest, signReceipt } from '../../src/mesh/job-records.ts'
+import { recordTypes } from '../../src/protocol/domains.ts'
 import {
   type FakeJobProbe,
   fakeRunJob,
@@ -17,137 +31,214 @@ import {
   startPeers,
   stopPeers,
   type TestPeer,
-  waitFor,
 } from './helpers.ts'
 
-const request: JobRequest = {
+const manifestFields = {
+  kind: 'infer' as const,
   model: MODEL_DIGEST,
-  mode: 'completion',
-  prompt: 'hello',
-  options: { temperature: 0 },
-  maxTokens: 64,
+  mode: 'completion' as const,
+  prompt: 'hi',
+  options: {},
+  maxTokens: 8,
 }
 
-interface Setup {
-  peers: TestPeer[]
-  worker: JobProtocol
-  requesters: JobProtocol[]
-  /** Requester ids in the order the worker started their jobs. */
-  started: string[]
-  workerId: string
-}
-
-/**
- * A worker (peers[0]) and `n` requesters. The requester named `hog` runs forever; the rest
- * run four tokens. `balances` gives requesters a ledger standing (index → balance).
- */
-async function setup(n: number, init: JobWorkerInit, balances: Record<number, number>): Promise<Setup> {
-  const peers = await startPeers(n + 1)
-  const ids = peers.map((p) => p.identity.id)
-  const started: string[] = []
-  const hogs = new Set<string>([ids[1]!])
+describe('job admission refuses bad manifests with typed errors', () => {
+  let peers: TestPeer[] = []
+  let worker: JobProtocol
+  let requester: JobProtocol
   const probe: FakeJobProbe = { started: 0, stopped: 0 }
-  const runJob: RunJob = (job, signal) => {
-    started.push(job.requester)
-    return fakeRunJob(probe, hogs.has(job.requester) ? { forever: true, delayMs: 10 } : { delayMs: 5 })(
-      job,
-      signal,
+
+  before(async () => {
+    // peers[0] is the worker, peers[1] the requester, peers[2] a rogue worker.
+    peers = await startPeers(3)
+    const components = (p: TestPeer) => ({
+      mesh: p.mesh,
+      identity: p.identity,
+      logger: silentLogger,
+      hasModel: (digest: string) => digest === MODEL_DIGEST,
+      runJob: fakeRunJob(probe),
+    })
+    worker = createJobProtocol(components(peers[0]!), { manifestTimeoutMs: 500 })
+    requester = createJobProtocol(components(peers[1]!), { admissionTimeoutMs: 2_000, stallTimeoutMs: 2_000 })
+    await worker.start()
+    await requester.start()
+    await peers[1]!.mesh.dial(peers[2]!.mesh.multiaddrs()[0]!, 5_000)
+  })
+  after(async () => {
+    await worker.stop()
+    await requester.stop()
+    await stopPeers(peers)
+  })
+
+  const requesterIdentity = () => peers[1]!.identity
+
+  /** Opens a job stream from the requester, writes `body` as one frame, returns the first answer. */
+  async function answerTo(body: Uint8Array | undefined): Promise<WorkerFrame> {
+    const stream = await peers[1]!.mesh.libp2p.dialProtocol(
+      peerIdFromString(peers[0]!.identity.id),
+      JOB_PROTOCOL,
     )
+    const ch = frameChannel<WorkerFrame, RequesterFrame>(stream, workerFrameSchema, MAX_WORKER_FRAME_BYTES)
+    // Not awaited: the worker may reset the stream before a huge frame is fully written.
+    if (body !== undefined)
+      lpStream(stream)
+        .write(body)
+        .catch(() => {})
+    try {
+      return await ch.read({ timeoutMs: 3_000 })
+    } finally {
+      ch.reset('test done')
+    }
   }
-  const standingOf = (node: string): Standing => ({
-    member: node,
-    balance: balances[ids.indexOf(node)] ?? 0,
-    floorLeftToday: 500,
-  })
-  const components = (p: TestPeer) => ({
-    mesh: p.mesh,
-    identity: p.identity,
-    logger: silentLogger,
-    hasModel: (digest: string) => digest === MODEL_DIGEST,
-    runJob,
-    standingOf,
-  })
-  const worker = createJobProtocol(components(peers[0]!), init)
-  await worker.start()
-  const requesters = peers
-    .slice(1)
-    .map((p) => createJobProtocol(components(p), { admissionTimeoutMs: 8_000 }))
-  return { peers, worker, requesters, started, workerId: ids[0]! }
-}
+  const manifestFrame = (manifest: Uint8Array) => dagCbor.encode({ t: 'manifest', manifest })
 
-async function teardown(s: Setup | undefined) {
-  if (s === undefined) return
-  await s.worker.stop()
-  await stopPeers(s.peers)
-}
+  async function refusal(body: Uint8Array | undefined): Promise<string> {
+    const frame = await answerTo(body)
+    assert.equal(frame.t, 'refuse', `expected a refusal, got ${JSON.stringify(frame)}`)
+    return frame.t === 'refuse' ? frame.code : ''
+  }
 
-describe('the worker admission queue', () => {
-  let s: Setup | undefined
-  after(() => teardown(s))
-
-  test('waiting jobs start by standing: the requester with credits first, the one with none still served', async () => {
-    // requesters: 1 = hog, 2 = zero credits, 3 = 100 credits
-    s = await setup(3, { maxConcurrentJobs: 1, queueTimeoutMs: 5_000 }, { 3: 100 })
-    const { worker, requesters, workerId, started, peers } = s
-    const hog = requesters[0]!.stream(workerId, request)
-    await hog.next() // the only slot is taken
-    const floor = requesters[1]!.run(workerId, request)
-    await waitFor(() => worker.queuedJobs() === 1, 'the zero-credit job to queue')
-    const rich = requesters[2]!.run(workerId, request)
-    await waitFor(() => worker.queuedJobs() === 2, 'the job with credits to queue')
-    await hog.return(undefined)
-    const [a, b] = await Promise.all([rich, floor])
-    assert.equal(a.text, 'Hello, mesh!')
-    assert.equal(b.text, 'Hello, mesh!')
-    assert.deepEqual(started, [peers[1]!.identity.id, peers[3]!.identity.id, peers[2]!.identity.id])
-    assert.equal(worker.queuedJobs(), 0)
-    await teardown(s)
-    s = undefined
+  test('a well-formed manifest is admitted', async () => {
+    const { bytes, cid } = signManifest(requesterIdentity(), manifestFields)
+    const frame = await answerTo(manifestFrame(bytes))
+    assert.deepEqual(frame, { t: 'accept', job: cid })
   })
 
-  test('with two slots one stays reserved for floor level: a second job with credits waits, a zero-credit one starts', async () => {
-    // requesters: 1 = hog with credits, 2 = 50 credits, 3 = zero credits
-    s = await setup(3, { maxConcurrentJobs: 2, queueTimeoutMs: 5_000 }, { 1: 200, 2: 50 })
-    const { worker, requesters, workerId, started, peers } = s
-    const hog = requesters[0]!.stream(workerId, request)
-    await hog.next()
-    const second = requesters[1]!.run(workerId, request)
-    await waitFor(() => worker.queuedJobs() === 1, 'the second job with credits to wait')
-    assert.equal(worker.activeJobs(), 1, 'a slot is free, but it is the reserved one')
-    const floor = await requesters[2]!.run(workerId, request)
-    assert.equal(floor.text, 'Hello, mesh!')
-    assert.equal(worker.queuedJobs(), 1, 'the job with credits is still waiting')
-    await hog.return(undefined)
-    assert.equal((await second).text, 'Hello, mesh!')
-    assert.deepEqual(started, [peers[1]!.identity.id, peers[3]!.identity.id, peers[2]!.identity.id])
-    await teardown(s)
-    s = undefined
+  test('a forged signature: E_SIGNATURE_INVALID', async () => {
+    const { bytes } = signManifest(requesterIdentity(), manifestFields)
+    const env = dagCbor.decode(bytes) as { sig: Uint8Array }
+    env.sig[0]! ^= 0xff
+    assert.equal(await refusal(manifestFrame(dagCbor.encode(env))), 'E_SIGNATURE_INVALID')
   })
 
-  test('a full queue refuses at once, and a job that waits too long is refused cleanly', async () => {
-    s = await setup(3, { maxConcurrentJobs: 1, maxQueuedJobs: 1, queueTimeoutMs: 700 }, {})
-    const { worker, requesters, workerId } = s
-    const hog = requesters[0]!.stream(workerId, request)
-    await hog.next()
-    const waiter = requesters[1]!.run(workerId, request)
-    await waitFor(() => worker.queuedJobs() === 1, 'one job to wait')
-    const asked = performance.now()
-    await assert.rejects(requesters[2]!.run(workerId, request), (err: unknown) => {
-      rejectsWith('E_WORKER_BUSY')(err)
-      assert.match((err as Error).message, /1 jobs are waiting/)
-      return true
+  test('a manifest signed by another key than the requester it claims: E_SIGNATURE_INVALID', async () => {
+    const mallory = generateIdentity()
+    const payload = { ...manifestFields, requester: requesterIdentity().id }
+    const bytes = encodeEnvelope(signEnvelope(mallory, 'job', payload))
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_SIGNATURE_INVALID')
+  })
+
+  test("someone else's valid manifest sent over our stream: E_SIGNATURE_INVALID", async () => {
+    const { bytes } = signManifest(generateIdentity(), manifestFields)
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_SIGNATURE_INVALID')
+  })
+
+  test('a replayed manifest: E_REPLAY', async () => {
+    const { bytes } = signManifest(requesterIdentity(), manifestFields)
+    assert.equal((await answerTo(manifestFrame(bytes))).t, 'accept')
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_REPLAY')
+  })
+
+  test('an expired manifest: E_RECORD_EXPIRED', async () => {
+    const now = Date.now() - 2 * 3_600_000
+    const { bytes } = signManifest(requesterIdentity(), manifestFields, { now, ttlMs: 600_000 })
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_RECORD_EXPIRED')
+  })
+
+  test('a future-dated manifest: E_RECORD_FUTURE', async () => {
+    const { bytes } = signManifest(requesterIdentity(), manifestFields, { now: Date.now() + 600_000 })
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_RECORD_FUTURE')
+  })
+
+  test('a manifest over the job size limit: E_RECORD_TOO_LARGE', async () => {
+    const tooBig = randomBytes(recordTypes.job.maxBytes + 1)
+    assert.equal(await refusal(manifestFrame(tooBig)), 'E_RECORD_TOO_LARGE')
+  })
+
+  test('a frame over the hard frame limit: E_RECORD_TOO_LARGE before it is buffered', async () => {
+    assert.equal(await refusal(randomBytes(3 * recordTypes.job.maxBytes)), 'E_RECORD_TOO_LARGE')
+  })
+
+  test('an unknown job kind: E_UNKNOWN_JOB_KIND', async () => {
+    const payload = { ...manifestFields, kind: 'train', requester: requesterIdentity().id }
+    const bytes = encodeEnvelope(signEnvelope(requesterIdentity(), 'job', payload))
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_UNKNOWN_JOB_KIND')
+  })
+
+  test('a manifest with a malformed payload: E_BAD_REQUEST', async () => {
+    const payload = { ...manifestFields, maxTokens: -1, requester: requesterIdentity().id }
+    const bytes = encodeEnvelope(signEnvelope(requesterIdentity(), 'job', payload))
+    assert.equal(await refusal(manifestFrame(bytes)), 'E_BAD_REQUEST')
+  })
+
+  test('a frame that is not DAG-CBOR, or not a manifest: E_PROTOCOL', async () => {
+    assert.equal(await refusal(Uint8Array.of(0xff, 0x00, 0x13, 0x37)), 'E_PROTOCOL')
+    assert.equal(await refusal(dagCbor.encode({ t: 'token', text: 'hi' })), 'E_PROTOCOL')
+    assert.equal(await refusal(dagCbor.encode({ t: 'cancel' })), 'E_PROTOCOL')
+  })
+
+  test('a requester that sends nothing is timed out: E_PEER_TIMEOUT', async () => {
+    assert.equal(await refusal(undefined), 'E_PEER_TIMEOUT')
+  })
+
+  test('a worker that sends a malformed frame: E_PROTOCOL on the requester', async () => {
+    const rogue = peers[2]!
+    await rogue.mesh.libp2p.handle(JOB_PROTOCOL, (stream) => {
+      lpStream(stream)
+        .write(Uint8Array.of(0xa1, 0x61))
+        .catch(() => {})
     })
-    assert.ok(performance.now() - asked < 600, 'refused without waiting')
-    await assert.rejects(waiter, (err: unknown) => {
-      rejectsWith('E_WORKER_BUSY')(err)
-      assert.match((err as Error).message, /waited 700 ms in the queue/)
-      return true
+    try {
+      await assert.rejects(requester.run(rogue.identity.id, { ...manifestFields }), rejectsWith('E_PROTOCOL'))
+    } finally {
+      await rogue.mesh.libp2p.unhandle(JOB_PROTOCOL)
+    }
+  })
+
+  test('a worker that streams more than maxTokens could hold: E_PROTOCOL', async () => {
+    const rogue = peers[2]!
+    await rogue.mesh.libp2p.handle(JOB_PROTOCOL, async (stream) => {
+      const ch = frameChannel<RequesterFrame, WorkerFrame>(stream, requesterFrameSchema, 1 << 21)
+      const first = await ch.read({ timeoutMs: 3_000 })
+      if (first.t !== 'manifest') return
+      await ch.write({ t: 'accept', job: cidOf(first.manifest) })
+      for (let i = 0; i < 100; i++) await ch.write({ t: 'token', text: 'x'.repeat(1_000) })
     })
-    assert.equal(worker.queuedJobs(), 0)
-    // The hog's job was never disturbed, and the slot frees when it ends.
-    const next = await hog.next()
-    assert.equal(next.done, false)
-    await hog.return(undefined)
-    await waitFor(() => worker.activeJobs() === 0, 'the slot to free up')
+    try {
+      await assert.rejects(
+        requester.run(rogue.identity.id, { ...manifestFields, maxTokens: 2 }),
+        rejectsWith('E_PROTOCOL'),
+      )
+    } finally {
+      await rogue.mesh.libp2p.unhandle(JOB_PROTOCOL)
+    }
+  })
+
+  test('a worker id that is not a peer id: E_INVALID_ARGUMENT', async () => {
+    await assert.rejects(
+      requester.run('not-a-peer', { ...manifestFields }),
+      rejectsWith('E_INVALID_ARGUMENT'),
+    )
+  })
+
+  test('a worker whose receipt does not match the output: E_RECEIPT_INVALID', async () => {
+    const rogue = peers[2]!
+    await rogue.mesh.libp2p.handle(JOB_PROTOCOL, async (stream) => {
+      const ch = frameChannel<RequesterFrame, WorkerFrame>(stream, requesterFrameSchema, 1 << 21)
+      const first = await ch.read({ timeoutMs: 3_000 })
+      if (first.t !== 'manifest') return
+      const job = cidOf(first.manifest)
+      await ch.write({ t: 'accept', job })
+      await ch.write({ t: 'token', text: 'honest output' })
+      const receipt = signReceipt(rogue.identity, {
+        job,
+        requester: peers[1]!.identity.id,
+        model: MODEL_DIGEST,
+        outputHash: `sha256:${'0'.repeat(64)}`,
+        promptTokens: 1,
+        outputTokens: 1,
+        computeMs: 1,
+      })
+      const stats = { reason: 'stop' as const, promptTokens: 1, outputTokens: 1, promptEvalMs: 0, evalMs: 0 }
+      await ch.write({ t: 'done', stats, receipt })
+    })
+    try {
+      await assert.rejects(
+        requester.run(rogue.identity.id, { ...manifestFields }),
+        rejectsWith('E_RECEIPT_INVALID'),
+      )
+    } finally {
+      await rogue.mesh.libp2p.unhandle(JOB_PROTOCOL)
+    }
   })
 })
