@@ -41,6 +41,12 @@ export const errorTable = {
   E_LEDGER_BAD_MEMBER: { status: 400, exit: 15 },
   E_LEDGER_BAD_QUERY: { status: 400, exit: 15 },
   E_LEDGER_INCONSISTENT: { status: 500, exit: 15 },
+  /** A ledger sync session reached its cap on ops, bytes or time (the rest comes next session). */
+  E_LEDGER_SYNC_LIMIT: { status: 502, exit: 14 },
+  /** A ledger sync peer sent ops no honest peer holds (forged, broken chain, malformed). */
+  E_LEDGER_SYNC_BAD_PEER: { status: 502, exit: 14 },
+  /** The peer serves as many ledger syncs as it will right now. */
+  E_LEDGER_SYNC_BUSY: { status: 503, exit: 14 },
   E_INTERNAL: { status: 500, exit: 1 },
 } as const satisfies Record<string, { status: number; exit: number }>
 

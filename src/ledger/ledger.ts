@@ -56,6 +56,8 @@ export interface Ledger {
   standingOf(node: string): Standing
   /** Writes a checkpoint now. */
   checkpoint(): void
+  /** Called after an op joined the ledger (appended or ingested) or an author was frozen. */
+  onChange(listener: () => void): () => void
   /** The live fold state (read-only use: tests and benchmarks). */
   readonly state: FoldState
 }
@@ -69,6 +71,10 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
   let state = createFoldState(params)
   let started = false
   let sinceCheckpoint = 0
+  const changeListeners = new Set<() => void>()
+  const changed = () => {
+    for (const listener of changeListeners) listener()
+  }
 
   const rawLog = createLedgerLog(
     { db },
@@ -76,6 +82,7 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
       now,
       events: {
         onOp(op) {
+          changed()
           if (!started) return
           applyOp(state, op)
           // Also in proportion to the ledger, so that saving (linear in its size) stays a
@@ -84,6 +91,7 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
         },
         onFork(author) {
           if (started) applyFork(state, author)
+          changed()
         },
       },
     },
@@ -166,5 +174,9 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
     explain: (member) => explainBalance(state, member, now()),
     standingOf,
     checkpoint,
+    onChange(listener) {
+      changeListeners.add(listener)
+      return () => changeListeners.delete(listener)
+    },
   }
 }

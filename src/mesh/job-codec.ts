@@ -61,6 +61,14 @@ export interface FrameChannel<In, Out> {
   close(timeoutMs?: number): Promise<void>
   /** Immediate end: the peer sees a reset. */
   reset(reason: string): void
+  /** Bytes of the frames read and written so far, length prefixes included. */
+  readonly bytesRead: number
+  readonly bytesWritten: number
+}
+
+/** How a channel names its frames in errors: `job` for `/substrate/job/1`. */
+export interface FrameChannelOptions {
+  label?: string
 }
 
 const ERRORS_TOO_LARGE = new Set(['InvalidDataLengthError', 'InvalidDataLengthLengthError'])
@@ -69,13 +77,18 @@ export function frameChannel<In, Out>(
   stream: Stream,
   schema: z.ZodType<In>,
   maxFrameBytes: number,
+  options: FrameChannelOptions = {},
 ): FrameChannel<In, Out> {
   const lp = lpStream(stream, { maxDataLength: maxFrameBytes })
   const peer = () => stream.id
+  const label = options.label ?? 'job'
+  let bytesRead = 0
+  let bytesWritten = 0
 
   const classify = (err: unknown, deadline: AbortSignal, signal?: AbortSignal): SubstrateError => {
     if (err instanceof SubstrateError) return err
-    if (signal?.aborted === true) return new SubstrateError('E_CANCELLED', 'job cancelled', { cause: err })
+    if (signal?.aborted === true)
+      return new SubstrateError('E_CANCELLED', `${label} cancelled`, { cause: err })
     if (deadline.aborted) {
       return new SubstrateError('E_PEER_TIMEOUT', 'the peer sent nothing in time; it may be stalled', {
         cause: err,
@@ -83,7 +96,7 @@ export function frameChannel<In, Out>(
     }
     const name = err instanceof Error ? err.name : ''
     if (ERRORS_TOO_LARGE.has(name)) {
-      return new SubstrateError('E_RECORD_TOO_LARGE', `a job frame exceeds ${maxFrameBytes} bytes`, {
+      return new SubstrateError('E_RECORD_TOO_LARGE', `a ${label} frame exceeds ${maxFrameBytes} bytes`, {
         cause: err,
       })
     }
@@ -91,7 +104,9 @@ export function frameChannel<In, Out>(
       return new SubstrateError('E_PROTOCOL', 'malformed frame length', { cause: err })
     }
     const detail = err instanceof Error ? err.message : String(err)
-    return new SubstrateError('E_PEER_GONE', `the peer closed the job stream (${detail})`, { cause: err })
+    return new SubstrateError('E_PEER_GONE', `the peer closed the ${label} stream (${detail})`, {
+      cause: err,
+    })
   }
 
   return {
@@ -105,26 +120,31 @@ export function frameChannel<In, Out>(
       } catch (err) {
         throw classify(err, deadline, options.signal)
       }
+      bytesRead += varintLength(bytes.length) + bytes.length
       let decoded: unknown
       try {
         decoded = dagCbor.decode(bytes)
       } catch (cause) {
-        throw new SubstrateError('E_PROTOCOL', `job frame on stream ${peer()} is not DAG-CBOR`, { cause })
+        throw new SubstrateError('E_PROTOCOL', `${label} frame on stream ${peer()} is not DAG-CBOR`, {
+          cause,
+        })
       }
       const parsed = schema.safeParse(decoded)
       if (!parsed.success) {
         const issue = parsed.error.issues[0]
         throw new SubstrateError(
           'E_PROTOCOL',
-          `malformed job frame: ${issue?.path.join('.')} ${issue?.message}`,
+          `malformed ${label} frame: ${issue?.path.join('.')} ${issue?.message}`,
         )
       }
       return parsed.data
     },
     async write(frame, timeoutMs = 30_000) {
       const deadline = AbortSignal.timeout(timeoutMs)
+      const bytes = dagCbor.encode(frame)
       try {
-        await lp.write(dagCbor.encode(frame), { signal: deadline })
+        await lp.write(bytes, { signal: deadline })
+        bytesWritten += varintLength(bytes.length) + bytes.length
       } catch (err) {
         throw classify(err, deadline)
       }
@@ -139,7 +159,23 @@ export function frameChannel<In, Out>(
     reset(reason) {
       stream.abort(new Error(reason))
     },
+    get bytesRead() {
+      return bytesRead
+    },
+    get bytesWritten() {
+      return bytesWritten
+    },
   }
+}
+
+/** Bytes of the unsigned varint that prefixes a frame of `n` bytes. */
+function varintLength(n: number): number {
+  let bytes = 1
+  while (n >= 0x80) {
+    n = Math.floor(n / 0x80)
+    bytes++
+  }
+  return bytes
 }
 
 /** The frame that carries a typed error to the other side. */

@@ -1,0 +1,640 @@
+// Ledger sync (issue 5, "Sync"): puts the credits ledger on the network.
+//
+// `/substrate/ledger-sync/1` is a pull: the puller sends its version vector, the responder
+// answers with what `diff` says the puller lacks (fork proofs first, then each author's
+// missing ops in seq order) in bounded frames, then `end`. The cost is the difference plus
+// one vector, never the ledger. Every frame is ingested in its own transaction as it
+// arrives, so a cut stream keeps what arrived and the next pull starts from the new heads.
+// The puller bounds a session by ops, bytes and time, and a peer that sends what no honest
+// peer holds (a forged op, a broken chain, garbage) ends the session and is left alone for
+// a while; benign refusals (a gap, an op from a clock ahead of ours, a frozen author's op)
+// do not count against it.
+//
+// Heads gossip: every node announces a digest of its vector on `substrate/ledger-heads/1`
+// every few seconds and soon after its ledger changes. A connected peer whose digest
+// differs from ours, and who holds at least as many ops, is pulled from; otherwise it will
+// pull from us. At most one pull per peer at a time, a minimum gap between pulls from one
+// peer, and a few pulls at once overall. A newly identified peer that speaks the protocol
+// is pulled from at once.
+
+import type { Message, SubscriptionChangeData } from '@libp2p/gossipsub'
+import { TopicValidatorResult } from '@libp2p/gossipsub'
+import type { Connection, IdentifyResult, PeerId, PeerUpdate, Stream } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { isErrorCode, SubstrateError, toSubstrateError } from '../errors.ts'
+import type { Ledger } from '../ledger/ledger.ts'
+import { isLedgerError, type LedgerError } from '../ledger/ledger-error.ts'
+import { diff, headsFromJSON } from '../ledger/vector.ts'
+import type { Logger } from '../logger.ts'
+import { MiB } from '../protocol/limits.ts'
+import { errorFrame, frameChannel } from './job-codec.ts'
+import {
+  decodeAnnouncement,
+  encodeAnnouncement,
+  type HeadsSummary,
+  LEDGER_HEADS_TOPIC,
+  LEDGER_SYNC_PROTOCOL,
+  MAX_FRAME_OPS,
+  MAX_FRAME_PROOFS,
+  MAX_OPS_FRAME_BYTES,
+  MAX_PULL_FRAME_BYTES,
+  MAX_RESPONDER_FRAME_BYTES,
+  type PullFrame,
+  pullFrame,
+  pullFrameSchema,
+  type ResponderFrame,
+  responderFrameSchema,
+  sameDigest,
+  summarizeHeads,
+} from './ledger-sync-codec.ts'
+import type { MeshNode } from './libp2p-node.ts'
+
+export { LEDGER_HEADS_TOPIC, LEDGER_SYNC_PROTOCOL } from './ledger-sync-codec.ts'
+
+export interface LedgerSyncComponents {
+  mesh: Pick<MeshNode, 'libp2p' | 'peerId'>
+  ledger: Ledger
+  logger: Logger
+}
+
+export interface LedgerSyncInit {
+  /** Re-announce our heads this often even when nothing changed (anti-entropy). */
+  announceIntervalMs?: number
+  /** Shortest gap between two of our announcements. */
+  minAnnounceGapMs?: number
+  /** Shortest gap between two pulls from one peer. */
+  minSyncGapMs?: number
+  /** How long a peer whose pull failed is left alone; ten times this after a hostile one. */
+  failureBackoffMs?: number
+  /** Caps on one session (one stream); the responder stops at maxOps and says `more`. */
+  maxOpsPerSession?: number
+  maxBytesPerSession?: number
+  sessionTimeoutMs?: number
+  /** Longest wait for one frame, either side. */
+  frameTimeoutMs?: number
+  /** Most sessions one sync runs back to back (while the responder has more, or after a gap). */
+  maxRounds?: number
+  maxConcurrentPulls?: number
+  /** Most pulls this node serves at once; beyond, E_LEDGER_SYNC_BUSY. */
+  maxServing?: number
+  /** Shortest gap between two accepted announcements of one origin. */
+  minAnnouncementGapMs?: number
+  /** Pull from every peer that connects and speaks the protocol. */
+  syncOnConnect?: boolean
+}
+
+export interface SyncResult {
+  peer: string
+  sessions: number
+  /** Ops and fork proofs that joined our ledger. */
+  added: number
+  forks: number
+  duplicates: number
+  /** Benign refusals: ops ahead of a gap, from the future, of frozen authors. */
+  refused: number
+  /** Ops received (a fork proof counts two). */
+  opsIn: number
+  /** Frame bytes both ways, length prefixes included. */
+  bytesIn: number
+  bytesOut: number
+  /** The last session stopped at a cap and the peer holds more. */
+  more: boolean
+}
+
+export interface LedgerSyncStats {
+  pulls: number
+  pullFailures: number
+  served: number
+  servedOps: number
+  busyRefusals: number
+  announced: number
+  announcementsAccepted: number
+  announcementsRejected: number
+  announcementsDropped: number
+  bytesIn: number
+  bytesOut: number
+}
+
+export interface LedgerSync {
+  start(): Promise<void>
+  stop(): Promise<void>
+  /**
+   * Pulls from a connected peer until caught up (at most maxRounds sessions). Joins a pull
+   * already running with that peer. Rejects with a SubstrateError; what arrived stays.
+   */
+  syncWith(peer: string): Promise<SyncResult>
+  /** Queues a pull from `peer`, rate-limited. */
+  requestSync(peer: string): void
+  /** Announces our heads soon. */
+  announce(): void
+  /** Our heads summary as announced. */
+  summary(): HeadsSummary
+  stats(): LedgerSyncStats
+  /** Called after every pull, failed ones with the error. */
+  onSync(listener: (result: SyncResult, error?: SubstrateError) => void): () => void
+}
+
+interface PeerState {
+  timer: NodeJS.Timeout | undefined
+  queued: boolean
+  again: boolean
+  notBefore: number
+  /** The announced digest we last pulled everything for: no need to pull for it again. */
+  pulledFor: Uint8Array | undefined
+}
+
+const BENIGN = new Set(['gap', 'future', 'frozen'])
+
+export function createLedgerSync(components: LedgerSyncComponents, init: LedgerSyncInit = {}): LedgerSync {
+  const { ledger } = components
+  const libp2p = components.mesh.libp2p
+  const self = components.mesh.peerId
+  const log = components.logger.child('ledger-sync')
+  const announceIntervalMs = init.announceIntervalMs ?? 5_000
+  const minAnnounceGapMs = init.minAnnounceGapMs ?? 100
+  const minSyncGapMs = init.minSyncGapMs ?? 250
+  const failureBackoffMs = init.failureBackoffMs ?? 3_000
+  const maxOpsPerSession = init.maxOpsPerSession ?? 20_000
+  const maxBytesPerSession = init.maxBytesPerSession ?? 64 * MiB
+  const sessionTimeoutMs = init.sessionTimeoutMs ?? 60_000
+  const frameTimeoutMs = init.frameTimeoutMs ?? 15_000
+  const maxRounds = init.maxRounds ?? 8
+  const maxConcurrentPulls = init.maxConcurrentPulls ?? 4
+  const maxServing = init.maxServing ?? 8
+  const minAnnouncementGapMs = init.minAnnouncementGapMs ?? 50
+  const syncOnConnect = init.syncOnConnect ?? true
+
+  const stats: LedgerSyncStats = {
+    pulls: 0,
+    pullFailures: 0,
+    served: 0,
+    servedOps: 0,
+    busyRefusals: 0,
+    announced: 0,
+    announcementsAccepted: 0,
+    announcementsRejected: 0,
+    announcementsDropped: 0,
+    bytesIn: 0,
+    bytesOut: 0,
+  }
+  const listeners = new Set<(result: SyncResult, error?: SubstrateError) => void>()
+  const inflight = new Map<string, Promise<SyncResult>>()
+  const peers = new Map<string, PeerState>()
+  const announced = new Map<string, { summary: HeadsSummary; at: number }>()
+  const queue: string[] = []
+  let activePulls = 0
+  let serving = 0
+  let running = false
+  let stopping = new AbortController()
+  let cached: HeadsSummary | undefined
+  let interval: NodeJS.Timeout | undefined
+  let pendingAnnounce: NodeJS.Timeout | undefined
+  let lastAnnounce = 0
+  let offChange: (() => void) | undefined
+
+  const summary = (): HeadsSummary => {
+    cached ??= summarizeHeads(ledger.log.heads())
+    return cached
+  }
+
+  // ---- the puller ----------------------------------------------------------------------
+
+  async function session(peer: PeerId, result: SyncResult): Promise<{ more: boolean; gaps: number }> {
+    const deadline = AbortSignal.timeout(sessionTimeoutMs)
+    const signal = AbortSignal.any([deadline, stopping.signal])
+    let raw: Stream
+    try {
+      raw = await libp2p.dialProtocol(peer, LEDGER_SYNC_PROTOCOL, { signal })
+    } catch (cause) {
+      throw new SubstrateError(
+        'E_PEER_GONE',
+        `cannot open a ledger sync stream to ${peer}: ${String(cause)}`,
+        {
+          cause,
+        },
+      )
+    }
+    const ch = frameChannel<ResponderFrame, PullFrame>(raw, responderFrameSchema, MAX_RESPONDER_FRAME_BYTES, {
+      label: 'ledger sync',
+    })
+    result.sessions++
+    let opsIn = 0
+    let gaps = 0
+    const account = () => {
+      result.bytesIn += ch.bytesRead - accounted.in
+      result.bytesOut += ch.bytesWritten - accounted.out
+      stats.bytesIn += ch.bytesRead - accounted.in
+      stats.bytesOut += ch.bytesWritten - accounted.out
+      accounted.in = ch.bytesRead
+      accounted.out = ch.bytesWritten
+    }
+    const accounted = { in: 0, out: 0 }
+    const limit = (what: string) =>
+      new SubstrateError('E_LEDGER_SYNC_LIMIT', `ledger sync with ${peer}: ${what}; the rest comes next time`)
+    const hostile = (error: LedgerError) =>
+      new SubstrateError(
+        'E_LEDGER_SYNC_BAD_PEER',
+        `ledger sync peer ${peer} sent an op no honest peer holds: ${error.message}`,
+        {
+          cause: error,
+        },
+      )
+    try {
+      await ch.write(pullFrame(ledger.log.heads(), maxOpsPerSession), frameTimeoutMs)
+      for (;;) {
+        let frame: ResponderFrame
+        try {
+          frame = await ch.read({ timeoutMs: frameTimeoutMs, signal })
+        } catch (err) {
+          if (deadline.aborted) throw limit(`the session ran past ${sessionTimeoutMs} ms`)
+          throw err
+        } finally {
+          account()
+        }
+        if (result.bytesIn > maxBytesPerSession) throw limit(`more than ${maxBytesPerSession} bytes`)
+        if (frame.t === 'end') {
+          await ch.close(frameTimeoutMs)
+          account()
+          return { more: frame.more, gaps }
+        }
+        if (frame.t === 'error') {
+          const code = isErrorCode(frame.code) ? frame.code : 'E_PROTOCOL'
+          throw new SubstrateError(code, `ledger sync peer ${peer}: ${frame.message}`)
+        }
+        opsIn += frame.t === 'ops' ? frame.ops.length : 2 * frame.proofs.length
+        result.opsIn += frame.t === 'ops' ? frame.ops.length : 2 * frame.proofs.length
+        if (opsIn > maxOpsPerSession) throw limit(`more than ${maxOpsPerSession} ops`)
+        if (frame.t === 'forks') {
+          for (const proof of frame.proofs) {
+            try {
+              if (ledger.log.ingestForkProof(proof)) {
+                result.forks++
+                result.added++
+              } else result.duplicates++
+            } catch (err) {
+              if (!isLedgerError(err)) throw err
+              if (!BENIGN.has(err.reason)) throw hostile(err)
+              result.refused++
+            }
+          }
+          continue
+        }
+        const ingested = ledger.log.ingestMany(frame.ops)
+        result.added += ingested.added
+        result.forks += ingested.forks
+        result.duplicates += ingested.duplicates
+        for (const { error } of ingested.refused) {
+          // Valid ops of the same frame are kept: only the session ends.
+          if (!BENIGN.has(error.reason)) throw hostile(error)
+          if (error.reason === 'gap') gaps++
+          result.refused++
+        }
+      }
+    } catch (err) {
+      const error = toSubstrateError(err)
+      ch.reset(error.code)
+      throw error
+    }
+  }
+
+  async function pull(peer: string): Promise<SyncResult> {
+    let id: PeerId
+    try {
+      id = peerIdFromString(peer)
+    } catch (cause) {
+      throw new SubstrateError('E_INVALID_ARGUMENT', `not a peer id: ${peer.slice(0, 64)}`, { cause })
+    }
+    const result: SyncResult = {
+      peer,
+      sessions: 0,
+      added: 0,
+      forks: 0,
+      duplicates: 0,
+      refused: 0,
+      opsIn: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+      more: false,
+    }
+    stats.pulls++
+    try {
+      for (let round = 0; round < maxRounds; round++) {
+        const before = result.added
+        const { more, gaps } = await session(id, result)
+        result.more = more
+        // Another round while the peer has more, or to fill a gap from the new heads, but
+        // only while rounds make progress: a peer cannot keep us pulling for nothing.
+        if ((!more && gaps === 0) || result.added === before) break
+      }
+    } catch (err) {
+      const error = toSubstrateError(err)
+      stats.pullFailures++
+      for (const listener of listeners) listener(result, error)
+      throw error
+    }
+    for (const listener of listeners) listener(result)
+    return result
+  }
+
+  function syncWith(peer: string): Promise<SyncResult> {
+    const running = inflight.get(peer)
+    if (running !== undefined) return running
+    const promise = pull(peer).finally(() => inflight.delete(peer))
+    inflight.set(peer, promise)
+    return promise
+  }
+
+  // ---- scheduling ----------------------------------------------------------------------
+
+  const stateOf = (peer: string): PeerState => {
+    let state = peers.get(peer)
+    if (state === undefined) {
+      state = { timer: undefined, queued: false, again: false, notBefore: 0, pulledFor: undefined }
+      peers.set(peer, state)
+    }
+    return state
+  }
+
+  function requestSync(peer: string): void {
+    if (!running || peer === self) return
+    const state = stateOf(peer)
+    if (inflight.has(peer) || state.queued) {
+      state.again = true
+      return
+    }
+    if (state.timer !== undefined) return
+    state.timer = setTimeout(
+      () => {
+        state.timer = undefined
+        state.queued = true
+        queue.push(peer)
+        pump()
+      },
+      Math.max(0, state.notBefore - Date.now()),
+    )
+  }
+
+  function pump(): void {
+    while (running && activePulls < maxConcurrentPulls && queue.length > 0) {
+      const peer = queue.shift() as string
+      const state = stateOf(peer)
+      state.queued = false
+      if (libp2p.getConnections(peerIdFromString(peer)).length === 0) continue
+      activePulls++
+      const digest = announced.get(peer)?.summary.digest
+      syncWith(peer)
+        .then((result) => {
+          state.notBefore = Date.now() + minSyncGapMs
+          if (!result.more) state.pulledFor = digest
+          if (result.more) state.again = true
+        })
+        .catch((err: unknown) => {
+          const error = toSubstrateError(err)
+          const hostile = error.code === 'E_LEDGER_SYNC_BAD_PEER' || error.code === 'E_PROTOCOL'
+          state.notBefore = Date.now() + (hostile ? 10 * failureBackoffMs : failureBackoffMs)
+          log.debug('ledger pull failed', { peer, code: error.code, error: error.message })
+        })
+        .finally(() => {
+          activePulls--
+          if (state.again) {
+            state.again = false
+            requestSync(peer)
+          }
+          pump()
+        })
+    }
+  }
+
+  /** Pull from `peer` when its announced heads differ from ours and it may hold more. */
+  function consider(peer: string): void {
+    const theirs = announced.get(peer)?.summary
+    if (theirs === undefined) return
+    const ours = summary()
+    if (sameDigest(theirs.digest, ours.digest) || theirs.total < ours.total) return
+    const pulledFor = peers.get(peer)?.pulledFor
+    if (pulledFor !== undefined && sameDigest(pulledFor, theirs.digest)) return
+    if (libp2p.getConnections(peerIdFromString(peer)).length === 0) return
+    requestSync(peer)
+  }
+
+  // ---- the responder -------------------------------------------------------------------
+
+  async function serve(stream: Stream, connection: Connection): Promise<void> {
+    const ch = frameChannel<PullFrame, ResponderFrame>(stream, pullFrameSchema, MAX_PULL_FRAME_BYTES, {
+      label: 'ledger sync',
+    })
+    const peer = connection.remotePeer.toString()
+    if (serving >= maxServing) {
+      stats.busyRefusals++
+      const busy = new SubstrateError('E_LEDGER_SYNC_BUSY', 'this node serves as many ledger syncs as it can')
+      await ch.write(errorFrame('error', busy), 2_000).catch(() => {})
+      await ch.close(2_000)
+      return
+    }
+    serving++
+    const deadline = AbortSignal.timeout(sessionTimeoutMs)
+    try {
+      const request = await ch.read({ timeoutMs: frameTimeoutMs, signal: stopping.signal })
+      const plan = diff(ledger.log.heads(), headsFromJSON(request))
+      const limit = Math.min(request.maxOps, maxOpsPerSession)
+      const { forkProofs } = ledger.log.opsFor({ forkProofs: plan.forkProofs, probes: [], ranges: [] })
+      for (let i = 0; i < forkProofs.length; i += MAX_FRAME_PROOFS) {
+        const proofs = forkProofs
+          .slice(i, i + MAX_FRAME_PROOFS)
+          .map(({ first, second }) => ({ first, second }))
+        await ch.write({ t: 'forks', proofs }, frameTimeoutMs)
+      }
+      let sent = 0
+      let frame: Uint8Array[] = []
+      let frameBytes = 0
+      const flush = async () => {
+        if (frame.length === 0) return
+        await ch.write({ t: 'ops', ops: frame }, frameTimeoutMs)
+        frame = []
+        frameBytes = 0
+      }
+      const push = async (op: Uint8Array) => {
+        if (frame.length >= MAX_FRAME_OPS || frameBytes + op.length > MAX_OPS_FRAME_BYTES) await flush()
+        frame.push(op)
+        frameBytes += op.length
+        sent++
+      }
+      for (const op of ledger.log.opsFor({ forkProofs: [], probes: plan.probes, ranges: [] }, limit).ops) {
+        await push(op)
+      }
+      let more = false
+      // Each author's range in slices of one frame, read as they are sent: memory stays
+      // one frame whatever the difference.
+      ranges: for (const range of plan.ranges) {
+        for (let from = range.from; from <= range.to; ) {
+          if (sent >= limit || deadline.aborted || stopping.signal.aborted) {
+            more = true
+            break ranges
+          }
+          const slice = { author: range.author, from, to: Math.min(range.to, from + MAX_FRAME_OPS - 1) }
+          const { ops } = ledger.log.opsFor({ forkProofs: [], probes: [], ranges: [slice] }, limit - sent)
+          if (ops.length === 0) break
+          for (const op of ops) await push(op)
+          from += ops.length
+        }
+      }
+      await flush()
+      await ch.write({ t: 'end', more }, frameTimeoutMs)
+      await ch.close(frameTimeoutMs)
+      stats.served++
+      stats.servedOps += sent
+    } catch (err) {
+      const error = toSubstrateError(err)
+      log.debug('ledger sync serve failed', { peer, code: error.code, error: error.message })
+      if (error.code === 'E_PROTOCOL' || error.code === 'E_RECORD_TOO_LARGE') {
+        await ch.write(errorFrame('error', error), 2_000).catch(() => {})
+      }
+      ch.reset(error.code)
+    } finally {
+      serving--
+    }
+  }
+
+  // ---- heads gossip --------------------------------------------------------------------
+
+  const lastAccepted = new Map<string, number>()
+
+  const validate = (_from: PeerId, msg: Message): TopicValidatorResult => {
+    if (msg.type !== 'signed') {
+      stats.announcementsRejected++
+      return TopicValidatorResult.Reject
+    }
+    const origin = msg.from.toString()
+    const now = Date.now()
+    // Cheap before anything else: one announcement per origin per gap is plenty.
+    if (now - (lastAccepted.get(origin) ?? 0) < minAnnouncementGapMs) {
+      stats.announcementsDropped++
+      return TopicValidatorResult.Ignore
+    }
+    let theirs: HeadsSummary
+    try {
+      theirs = decodeAnnouncement(msg.data)
+    } catch {
+      stats.announcementsRejected++
+      return TopicValidatorResult.Reject
+    }
+    lastAccepted.delete(origin)
+    lastAccepted.set(origin, now)
+    if (lastAccepted.size > 8192) lastAccepted.delete(lastAccepted.keys().next().value ?? '')
+    announced.delete(origin)
+    announced.set(origin, { summary: theirs, at: now })
+    if (announced.size > 8192) announced.delete(announced.keys().next().value ?? '')
+    stats.announcementsAccepted++
+    if (origin !== self) consider(origin)
+    return TopicValidatorResult.Accept
+  }
+
+  const publish = async () => {
+    if (!running) return
+    lastAnnounce = Date.now()
+    try {
+      await libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, encodeAnnouncement(summary()))
+      stats.announced++
+    } catch (err) {
+      log.debug('heads announcement failed', { error: toSubstrateError(err).message })
+    }
+  }
+
+  function announce(): void {
+    if (!running || pendingAnnounce !== undefined) return
+    pendingAnnounce = setTimeout(
+      () => {
+        pendingAnnounce = undefined
+        void publish()
+      },
+      Math.max(0, lastAnnounce + minAnnounceGapMs - Date.now()),
+    )
+  }
+
+  const onChange = () => {
+    cached = undefined
+    announce()
+  }
+
+  const speaksSync = (protocols: readonly string[]) => protocols.includes(LEDGER_SYNC_PROTOCOL)
+  const onIdentify = (evt: CustomEvent<IdentifyResult>) => {
+    if (speaksSync(evt.detail.protocols)) requestSync(evt.detail.peerId.toString())
+  }
+  // A peer that starts syncing after we connected tells us by an identify push.
+  const onPeerUpdate = (evt: CustomEvent<PeerUpdate>) => {
+    const { peer, previous } = evt.detail
+    if (!speaksSync(peer.protocols) || (previous !== undefined && speaksSync(previous.protocols))) return
+    if (libp2p.getConnections(peer.id).length > 0) requestSync(peer.id.toString())
+  }
+  // An announcement made before a peer subscribed reached nobody: a new subscriber gets one.
+  const onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>) => {
+    if (evt.detail.subscriptions.some((s) => s.topic === LEDGER_HEADS_TOPIC && s.subscribe)) announce()
+  }
+
+  return {
+    async start() {
+      if (running) return
+      running = true
+      stopping = new AbortController()
+      await libp2p.handle(
+        LEDGER_SYNC_PROTOCOL,
+        (stream, connection) => {
+          serve(stream, connection).catch((err: unknown) => {
+            stream.abort(toSubstrateError(err))
+          })
+        },
+        { maxInboundStreams: 4 },
+      )
+      offChange = ledger.onChange(onChange)
+      const pubsub = libp2p.services.pubsub
+      pubsub.topicValidators.set(LEDGER_HEADS_TOPIC, validate)
+      pubsub.addEventListener('subscription-change', onSubscriptionChange)
+      pubsub.subscribe(LEDGER_HEADS_TOPIC)
+      if (syncOnConnect) {
+        libp2p.addEventListener('peer:identify', onIdentify)
+        libp2p.addEventListener('peer:update', onPeerUpdate)
+        for (const connection of libp2p.getConnections()) {
+          const peer = await libp2p.peerStore.get(connection.remotePeer).catch(() => undefined)
+          if (peer !== undefined && speaksSync(peer.protocols)) requestSync(connection.remotePeer.toString())
+        }
+      }
+      interval = setInterval(() => {
+        // Anti-entropy: a missed announcement costs at most one interval.
+        void publish()
+      }, announceIntervalMs)
+      interval.unref()
+      announce()
+    },
+    async stop() {
+      if (!running) return
+      running = false
+      stopping.abort(new SubstrateError('E_CANCELLED', 'ledger sync is stopping'))
+      clearInterval(interval)
+      clearTimeout(pendingAnnounce)
+      pendingAnnounce = undefined
+      for (const state of peers.values()) clearTimeout(state.timer)
+      peers.clear()
+      queue.length = 0
+      offChange?.()
+      libp2p.removeEventListener('peer:identify', onIdentify)
+      libp2p.removeEventListener('peer:update', onPeerUpdate)
+      const pubsub = libp2p.services.pubsub
+      pubsub.removeEventListener('subscription-change', onSubscriptionChange)
+      pubsub.topicValidators.delete(LEDGER_HEADS_TOPIC)
+      if (libp2p.status === 'started') {
+        pubsub.unsubscribe(LEDGER_HEADS_TOPIC)
+        await libp2p.unhandle(LEDGER_SYNC_PROTOCOL)
+      }
+      await Promise.allSettled([...inflight.values()])
+    },
+    syncWith,
+    requestSync,
+    announce,
+    summary,
+    stats: () => ({ ...stats }),
+    onSync(listener) {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+  }
+}

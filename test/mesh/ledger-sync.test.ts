@@ -1,0 +1,409 @@
+// Ledger sync between real libp2p hosts in this process: convergence, cost ∝ difference,
+// and every fault of issue 5 that concerns sync. The SIGKILL case, with separate processes,
+// is in ledger-sync-process.test.ts.
+
+import assert from 'node:assert/strict'
+import { afterEach, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import * as dagCbor from '@ipld/dag-cbor'
+import { generateIdentity } from '../../src/identity/keys.ts'
+import { signOp } from '../../src/ledger/ops.ts'
+import { diff, headsFromJSON } from '../../src/ledger/vector.ts'
+import { frameChannel } from '../../src/mesh/job-codec.ts'
+import {
+  decodeAnnouncement,
+  encodeAnnouncement,
+  LEDGER_HEADS_TOPIC,
+  LEDGER_SYNC_PROTOCOL,
+  MAX_FRAME_OPS,
+  MAX_RESPONDER_FRAME_BYTES,
+  pullFrame,
+  type ResponderFrame,
+  responderFrameSchema,
+  summarizeHeads,
+} from '../../src/mesh/ledger-sync-codec.ts'
+import { chain, genesisOp, makeReceipt, receiptOp, T0 } from '../ledger/fixtures.ts'
+import { rejectsWith, waitFor } from './helpers.ts'
+import {
+  balancesOf,
+  connect,
+  headsOf,
+  type LedgerPeer,
+  receiptWorld,
+  type Script,
+  startLedgerPeer,
+  startScriptedResponder,
+  totalBytes,
+} from './ledger-sync-helpers.ts'
+
+const running: Array<{ stop(): Promise<void> }> = []
+const track = <T extends { stop(): Promise<void> }>(x: T): T => {
+  running.push(x)
+  return x
+}
+afterEach(async () => {
+  await Promise.allSettled(running.splice(0).map((x) => x.stop()))
+})
+
+const peer = async (options: Parameters<typeof startLedgerPeer>[0] = {}) =>
+  track(await startLedgerPeer(options))
+const manual = { syncOnConnect: false }
+const converged = (nodes: LedgerPeer[]) => () => {
+  const first = JSON.stringify(headsOf(nodes[0]!.ledger))
+  return nodes.every((n) => JSON.stringify(headsOf(n.ledger)) === first)
+}
+
+describe('ledger sync: convergence', () => {
+  test('two nodes with different ops converge to identical heads and balances on connect', async () => {
+    const world = receiptWorld()
+    const shared = [...world.genesis(), ...world.receipts(20)]
+    const onlyA = world.receipts(15)
+    const [a, b] = [await peer(), await peer()]
+    a.ledger.log.ingestMany([...shared, ...onlyA])
+    b.ledger.log.ingestMany(shared)
+    const other = receiptWorld()
+    b.ledger.log.ingestMany([...other.genesis(), ...other.receipts(10)])
+    await connect(a, b)
+    await waitFor(converged([a, b]), 'identical heads', 10_000)
+    assert.equal(a.ledger.log.heads().vector.size, 8)
+    assert.deepEqual(balancesOf(a.ledger), balancesOf(b.ledger))
+    assert.ok(
+      a.ledger.balances().some((x) => x.earned > 0),
+      'credits moved',
+    )
+    assert.deepEqual(a.sync.summary(), b.sync.summary())
+  })
+
+  test('three nodes in a line converge through heads gossip after local appends', async () => {
+    const [a, b, c] = [await peer(), await peer(), await peer()]
+    await connect(a, b)
+    await connect(b, c)
+    await waitFor(
+      () => a.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscriptions',
+    )
+    // Each node appends its own ops, as a daemon logs its receipts.
+    for (const n of [a, b, c]) n.ledger.append(n.identity, genesisOp())
+    await waitFor(converged([a, b, c]), 'three identical heads', 10_000)
+    // c served a; both log the receipt in their own logs, on their own nodes.
+    const receipt = makeReceipt(c.identity, a.identity, { at: Date.now() })
+    a.ledger.append(a.identity, receiptOp(receipt))
+    c.ledger.append(c.identity, receiptOp(receipt))
+    await waitFor(converged([a, b, c]), 'identical heads after the receipt', 10_000)
+    assert.deepEqual(balancesOf(a.ledger), balancesOf(c.ledger))
+    assert.deepEqual(balancesOf(b.ledger), balancesOf(c.ledger))
+    assert.equal(a.ledger.log.heads().vector.get(c.identity.id)?.seq, 2)
+  })
+
+  test('only the difference is sent: ops and bytes in proportion to what is missing', async () => {
+    const world = receiptWorld()
+    const shared = [...world.genesis(), ...world.receipts(100)]
+    const extra = world.receipts(25)
+    const [a, b] = [await peer({ init: manual }), await peer({ init: manual })]
+    a.ledger.log.ingestMany(shared.slice(0, 150))
+    a.ledger.log.ingestMany([...shared.slice(150), ...extra])
+    b.ledger.log.ingestMany(shared.slice(0, 150))
+    b.ledger.log.ingestMany(shared.slice(150))
+    await connect(b, a)
+    const result = await b.sync.syncWith(a.mesh.peerId)
+    assert.equal(result.added, extra.length)
+    // Where the heads match below, no probe op is needed: exactly the missing ops arrive.
+    assert.equal(result.opsIn, extra.length)
+    assert.equal(result.duplicates, 0)
+    const ratio = (result.bytesIn + result.bytesOut) / totalBytes(extra)
+    assert.ok(ratio < 1.2, `sync moved ${ratio.toFixed(3)}× the bytes of the missing ops`)
+    assert.deepEqual(headsOf(a.ledger), headsOf(b.ledger))
+    // Nothing missing: one vector and an empty answer.
+    const again = await b.sync.syncWith(a.mesh.peerId)
+    assert.equal(again.opsIn, 0)
+    assert.ok(
+      again.bytesIn + again.bytesOut < 2_000,
+      `an idle sync cost ${again.bytesIn + again.bytesOut} bytes`,
+    )
+  })
+
+  test('a difference larger than a session is resumed in further sessions', async () => {
+    const world = receiptWorld()
+    const ops = [...world.genesis(), ...world.receipts(110)]
+    const [a, b] = [await peer({ init: manual }), await peer({ init: { ...manual, maxOpsPerSession: 100 } })]
+    a.ledger.log.ingestMany(ops)
+    await connect(b, a)
+    const result = await b.sync.syncWith(a.mesh.peerId)
+    assert.equal(result.added, ops.length)
+    assert.equal(result.sessions, Math.ceil(ops.length / 100))
+    assert.deepEqual(headsOf(a.ledger), headsOf(b.ledger))
+  })
+
+  test('a partition that heals: both sides appended apart, and converge once reconnected', async () => {
+    const [a, b] = [await peer(), await peer()]
+    await connect(a, b)
+    a.ledger.append(a.identity, genesisOp())
+    await waitFor(converged([a, b]), 'converged before the partition', 10_000)
+    await a.mesh.libp2p.hangUp(b.mesh.libp2p.peerId)
+    await waitFor(() => b.mesh.libp2p.getConnections(a.mesh.libp2p.peerId).length === 0, 'partitioned')
+    // Both sides kept working: a served b twice, each logged in its own log only.
+    for (let i = 0; i < 2; i++)
+      a.ledger.append(a.identity, receiptOp(makeReceipt(a.identity, b.identity, { at: Date.now() })))
+    b.ledger.append(b.identity, genesisOp())
+    await sleep(300)
+    assert.equal(converged([a, b])(), false)
+    await connect(b, a)
+    await waitFor(converged([a, b]), 'converged after healing', 10_000)
+    assert.deepEqual(balancesOf(a.ledger), balancesOf(b.ledger))
+  })
+})
+
+describe('ledger sync: faults', () => {
+  const script = async (s: Script) => track(await startScriptedResponder(s)).mesh
+  const ops = (frame: Uint8Array[]): ResponderFrame => ({ t: 'ops', ops: frame })
+
+  test('a forged op ends the session as hostile; the valid ops before it stay', async () => {
+    const author = generateIdentity()
+    const good = chain(author, [genesisOp(), genesisOp()])
+    const forgedOp = dagCbor.decode(chain(author, [genesisOp()], { after: good[1]! })[0]!.bytes) as Record<
+      string,
+      unknown
+    >
+    forgedOp.signer = generateIdentity().id
+    const h = await script(async (ch) => {
+      await ch.write(ops([good[0]!.bytes, good[1]!.bytes, dagCbor.encode(forgedOp)]))
+      await ch.write({ t: 'end', more: false })
+    })
+    const b = await peer({ init: manual })
+    await connect(b, { mesh: h })
+    await assert.rejects(b.sync.syncWith(h.peerId), rejectsWith('E_LEDGER_SYNC_BAD_PEER'))
+    assert.equal(b.ledger.log.heads().vector.get(author.id)?.seq, 2)
+  })
+
+  test('a broken chain ends the session as hostile and stores nothing of it', async () => {
+    const author = generateIdentity()
+    const [first] = chain(author, [genesisOp()])
+    const bad = signOp(author, { ...genesisOp(), seq: 2, prev: 'bafynotthehead' }, { now: T0 })
+    const h = await script(async (ch) => {
+      await ch.write(ops([first!.bytes, bad.bytes]))
+      await ch.write({ t: 'end', more: false })
+    })
+    const b = await peer({ init: manual })
+    await connect(b, { mesh: h })
+    await assert.rejects(b.sync.syncWith(h.peerId), rejectsWith('E_LEDGER_SYNC_BAD_PEER'))
+    assert.equal(b.ledger.log.heads().vector.get(author.id)?.seq, 1)
+  })
+
+  test('a gap is refused and the missing range pulled in the next session', async () => {
+    const author = generateIdentity()
+    const all = chain(author, [genesisOp(), genesisOp(), genesisOp(), genesisOp(), genesisOp()])
+    const h = await script(async (ch, request, session) => {
+      const have = headsFromJSON(request).vector.get(author.id)?.seq ?? 0
+      // First session out of order (1, 2, 4, 5: 3 missing); then from the puller's heads.
+      const send = session === 0 ? [all[0]!, all[1]!, all[3]!, all[4]!] : all.slice(have)
+      await ch.write(ops(send.map((op) => op.bytes)))
+      await ch.write({ t: 'end', more: false })
+    })
+    const b = await peer({ init: manual })
+    await connect(b, { mesh: h })
+    const result = await b.sync.syncWith(h.peerId)
+    assert.equal(result.sessions, 2)
+    assert.equal(result.refused, 2)
+    assert.equal(result.added, 5)
+    assert.equal(b.ledger.log.heads().vector.get(author.id)?.seq, 5)
+  })
+
+  test('a fork arriving through sync freezes its author on both nodes', async () => {
+    const author = generateIdentity()
+    const [one] = chain(author, [genesisOp()])
+    const left = chain(author, [genesisOp()], { after: one!, at: T0 + 5 })
+    const right = chain(author, [{ kind: 'member-genesis', body: { name: 'other' } }], {
+      after: one!,
+      at: T0 + 6,
+    })
+    const [a, b] = [await peer(), await peer()]
+    a.ledger.log.ingestMany([one!.bytes, left[0]!.bytes])
+    b.ledger.log.ingestMany([one!.bytes, right[0]!.bytes])
+    await connect(a, b)
+    await waitFor(
+      () => a.ledger.log.isFrozen(author.id) && b.ledger.log.isFrozen(author.id),
+      'the author frozen on both',
+      10_000,
+    )
+    await waitFor(converged([a, b]), 'identical heads', 10_000)
+    assert.equal(a.ledger.log.forkProofs().length, 1)
+    assert.equal(b.ledger.log.forkProofs().length, 1)
+    assert.deepEqual(balancesOf(a.ledger), balancesOf(b.ledger))
+  })
+
+  test('an op from the far future is refused, not held against the peer, and taken once due', async () => {
+    const author = generateIdentity()
+    const hour = 3_600_000
+    const now = Date.now()
+    const [first] = chain(author, [genesisOp()], { at: now })
+    const [future] = chain(author, [genesisOp()], { after: first!, at: now + hour })
+    // c's clock runs an hour ahead (or it is the author's own node): it holds the op.
+    const [b, c] = [await peer({ init: manual }), await peer({ init: manual, skewMs: hour + 60_000 })]
+    c.ledger.log.ingestMany([first!.bytes, future!.bytes])
+    await connect(b, c)
+    const result = await b.sync.syncWith(c.mesh.peerId)
+    assert.equal(result.added, 1)
+    assert.equal(result.refused, 1)
+    assert.equal(b.ledger.log.heads().vector.get(author.id)?.seq, 1)
+    b.skew.ms = hour
+    const later = await b.sync.syncWith(c.mesh.peerId)
+    assert.equal(later.added, 1)
+    assert.equal(b.ledger.log.heads().vector.get(author.id)?.seq, 2)
+  })
+
+  test('clock skew within the allowed window: ops are judged at their own time', async () => {
+    // b's clock runs 20 s ahead of a's (the allowed skew is 30 s).
+    const [a, b] = [await peer(), await peer({ skewMs: 20_000 })]
+    await connect(a, b)
+    const op = b.ledger.append(b.identity, genesisOp())
+    assert.ok(op.at > Date.now() + 15_000)
+    a.ledger.append(a.identity, genesisOp())
+    await waitFor(converged([a, b]), 'identical heads despite skew', 10_000)
+    assert.equal(a.ledger.log.heads().vector.get(b.identity.id)?.head, op.cid)
+  })
+
+  test('replayed ops (stale heads sent to a real responder) are duplicates and change nothing', async () => {
+    const world = receiptWorld()
+    const all = [...world.genesis(), ...world.receipts(10)]
+    const a = await peer({ init: manual })
+    a.ledger.log.ingestMany(all)
+    const b = await peer({ init: manual })
+    b.ledger.log.ingestMany(all)
+    await connect(b, a)
+    // b asks with empty (stale) heads: a sends everything again.
+    const stream = await b.mesh.libp2p.dialProtocol(a.mesh.libp2p.peerId, LEDGER_SYNC_PROTOCOL)
+    const ch = frameChannel<ResponderFrame, ReturnType<typeof pullFrame>>(
+      stream,
+      responderFrameSchema,
+      MAX_RESPONDER_FRAME_BYTES,
+    )
+    await ch.write(pullFrame({ vector: new Map(), frozen: new Set() }, 10_000))
+    const before = headsOf(b.ledger)
+    let duplicates = 0
+    for (;;) {
+      const frame = await ch.read({ timeoutMs: 5_000 })
+      if (frame.t === 'end') break
+      assert.equal(frame.t, 'ops')
+      if (frame.t === 'ops') duplicates += b.ledger.log.ingestMany(frame.ops).duplicates
+    }
+    assert.equal(duplicates, all.length)
+    assert.deepEqual(headsOf(b.ledger), before)
+    // And a second real sync transfers nothing.
+    const again = await b.sync.syncWith(a.mesh.peerId)
+    assert.equal(again.opsIn, 0)
+  })
+
+  test('an oversize batch is refused before it is ingested', async () => {
+    const author = generateIdentity()
+    const many = chain(
+      author,
+      Array.from({ length: MAX_FRAME_OPS + 1 }, () => genesisOp()),
+    ).map((op) => op.bytes)
+    const h = await script(async (ch) => {
+      await ch.write(ops(many))
+    })
+    const b = await peer({ init: manual })
+    await connect(b, { mesh: h })
+    await assert.rejects(b.sync.syncWith(h.peerId), rejectsWith('E_PROTOCOL'))
+    assert.equal(b.ledger.log.heads().vector.size, 0)
+  })
+
+  test('a frame longer than the limit is refused from its length prefix', async () => {
+    const h = await script(async (ch) => {
+      // A length prefix of 64 MiB, then a little: refused before anything is buffered.
+      ch.stream.send(Uint8Array.from([0x80, 0x80, 0x80, 0x20, 1, 2, 3]))
+    })
+    const b = await peer({ init: manual })
+    await connect(b, { mesh: h })
+    await assert.rejects(b.sync.syncWith(h.peerId), rejectsWith('E_RECORD_TOO_LARGE'))
+  })
+
+  test('a peer sending garbage gets E_PROTOCOL and is left alone for a while', async () => {
+    const h = await script(async (ch) => {
+      ch.stream.send(Uint8Array.from([5, 0xff, 0xfe, 0x00, 0x13, 0x37]))
+    })
+    const b = await peer({ init: { minSyncGapMs: 0, failureBackoffMs: 60_000 } })
+    const failures: string[] = []
+    b.sync.onSync((_r, err) => err && failures.push(err.code))
+    await connect(b, { mesh: h })
+    await waitFor(() => failures.length > 0, 'the pull on connect failed')
+    assert.deepEqual(failures, ['E_PROTOCOL'])
+    // Asked again at once, the scheduler waits out the backoff: no second session.
+    b.sync.requestSync(h.peerId)
+    await sleep(300)
+    assert.equal(failures.length, 1)
+    assert.equal(b.ledger.log.heads().vector.size, 0)
+  })
+
+  test('an endless stream stops at the session cap on ops', async () => {
+    const author = generateIdentity()
+    const [first] = chain(author, [genesisOp()])
+    const h = await script(async (ch) => {
+      // Bounded here too: far past the puller's cap, not forever.
+      for (let i = 0; i < 10_000; i++) await ch.write(ops(Array.from({ length: 50 }, () => first!.bytes)))
+    })
+    const b = await peer({ init: { ...manual, maxOpsPerSession: 500 } })
+    await connect(b, { mesh: h })
+    await assert.rejects(b.sync.syncWith(h.peerId), rejectsWith('E_LEDGER_SYNC_LIMIT'))
+    assert.equal(b.ledger.log.heads().vector.get(author.id)?.seq, 1)
+  })
+
+  test('a trickling stream stops at the session deadline, a stalled one at the frame timeout', async () => {
+    const author = generateIdentity()
+    const [first] = chain(author, [genesisOp()])
+    const trickle = await script(async (ch) => {
+      for (let i = 0; i < 100; i++) {
+        await ch.write(ops([first!.bytes]))
+        await sleep(100)
+      }
+    })
+    const stall = await script(async () => {
+      await sleep(5_000)
+    })
+    const b = await peer({ init: { ...manual, sessionTimeoutMs: 800, frameTimeoutMs: 400 } })
+    await connect(b, { mesh: trickle })
+    await connect(b, { mesh: stall })
+    await assert.rejects(b.sync.syncWith(trickle.peerId), rejectsWith('E_LEDGER_SYNC_LIMIT'))
+    await assert.rejects(b.sync.syncWith(stall.peerId), rejectsWith('E_PEER_TIMEOUT'))
+  })
+
+  test('stale or lying heads announcements cost at most one pull per announced digest', async () => {
+    const [b, liar] = [await peer({ init: { minSyncGapMs: 0 } }), await peer({ init: manual })]
+    const pulls: number[] = []
+    b.sync.onSync((r) => pulls.push(r.opsIn))
+    await connect(b, liar)
+    await waitFor(
+      () => liar.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscribed',
+    )
+    const before = pulls.length
+    // The liar claims a huge ledger it does not have, over and over, with the same digest.
+    const lie = encodeAnnouncement({ digest: new Uint8Array(32).fill(7), total: 1e9, authors: 5 })
+    for (let i = 0; i < 10; i++) {
+      await liar.mesh.libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, lie)
+      await sleep(80)
+    }
+    await sleep(300)
+    assert.ok(pulls.length - before <= 2, `pulled ${pulls.length - before} times for one lie`)
+    assert.ok(pulls.slice(before).every((n) => n === 0))
+    // Garbage on the topic is rejected, never acted on.
+    assert.throws(() => decodeAnnouncement(Uint8Array.from([1, 2, 3])), rejectsWith('E_PROTOCOL'))
+  })
+
+  test('the responder answers a puller that sends garbage with E_PROTOCOL and keeps serving', async () => {
+    const a = await peer({ init: manual })
+    a.ledger.append(a.identity, genesisOp())
+    const b = await peer({ init: manual })
+    await connect(b, a)
+    const stream = await b.mesh.libp2p.dialProtocol(a.mesh.libp2p.peerId, LEDGER_SYNC_PROTOCOL)
+    const ch = frameChannel<ResponderFrame, unknown>(stream, responderFrameSchema, MAX_RESPONDER_FRAME_BYTES)
+    await ch.write({ t: 'pull', vector: 'nonsense' })
+    const answer = await ch.read({ timeoutMs: 5_000 })
+    assert.equal(answer.t, 'error')
+    assert.equal(answer.t === 'error' && answer.code, 'E_PROTOCOL')
+    const result = await b.sync.syncWith(a.mesh.peerId)
+    assert.equal(result.added, 1)
+    assert.equal(diff(a.ledger.log.heads(), b.ledger.log.heads()).ranges.length, 0)
+    assert.deepEqual(summarizeHeads(a.ledger.log.heads()), summarizeHeads(b.ledger.log.heads()))
+  })
+})
