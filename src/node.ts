@@ -15,6 +15,7 @@ import { ensureMembership } from './ledger/membership.ts'
 import { receiptsLoggedBy } from './ledger/receipt-history.ts'
 import { createLogger, type Logger } from './logger.ts'
 import type { CountersignedReceipt } from './mesh/job-protocol.ts'
+import { createLedgerSync } from './mesh/ledger-sync.ts'
 import { createMesh, type Mesh } from './mesh/mesh.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
@@ -146,6 +147,10 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         if (o.receipt !== undefined) logReceipt('worker', o.receipt)
       })
       cleanup.unshift(offJobEnd)
+      // The ledger on the network: heads gossip, and pulls of only what is missing.
+      const ledgerSync = createLedgerSync({ mesh: started.node, ledger, logger })
+      await ledgerSync.start()
+      cleanup.unshift(() => ledgerSync.stop())
     }
 
     let resolveStopped!: () => void
