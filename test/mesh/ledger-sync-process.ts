@@ -1,0 +1,73 @@
+// A ledger node in its own process, for tests and benchmarks that kill it or run many:
+// a real libp2p host, a ledger in an SQLite file and ledger sync. Prints one JSON line
+// `{id, addr, ops}` when up, then `{digest, total, at}` after its ledger changed; reads
+// commands from stdin, one JSON line each:
+//   {dial: multiaddr} · {hangUp: peerId} · {append: n} (n genesis ops of its own)
+//   · {summary: true} · {stop: true}
+//
+//   node test/mesh/ledger-sync-process.ts <db path> [sync init as JSON]
+
+import { createInterface } from 'node:readline'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { generateIdentity } from '../../src/identity/keys.ts'
+import { createLedger } from '../../src/ledger/ledger.ts'
+import { silentLogger } from '../../src/logger.ts'
+import { createLedgerSync } from '../../src/mesh/ledger-sync.ts'
+import { createMeshNode } from '../../src/mesh/libp2p-node.ts'
+import { openDatabase } from '../../src/store/database.ts'
+import { countLedgerOps } from '../../src/store/ledger-table.ts'
+
+const [dbPath, initJson] = process.argv.slice(2)
+if (dbPath === undefined) throw new Error('usage: ledger-sync-process.ts <db path> [init]')
+const identity = generateIdentity()
+const db = openDatabase(dbPath)
+const ledger = createLedger({ db })
+ledger.start()
+const mesh = await createMeshNode({ identity, logger: silentLogger }, { dialOnDiscovery: false })
+const sync = createLedgerSync(
+  { mesh, ledger, logger: silentLogger },
+  initJson === undefined ? {} : JSON.parse(initJson),
+)
+const say = (line: object) => process.stdout.write(`${JSON.stringify(line)}\n`)
+const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex')
+
+// After every change (once the batch that made it is committed): what this node now holds.
+let pending: NodeJS.Timeout | undefined
+ledger.onChange(() => {
+  pending ??= setTimeout(() => {
+    pending = undefined
+    const s = sync.summary()
+    say({ digest: hex(s.digest), total: s.total, at: Date.now() })
+  }, 1)
+})
+await mesh.start()
+await sync.start()
+say({ id: identity.id, addr: mesh.multiaddrs()[0], ops: countLedgerOps(db) })
+
+const stop = async () => {
+  await sync.stop()
+  await mesh.stop()
+  ledger.stop()
+  db.close()
+  process.exit(0)
+}
+for await (const line of createInterface({ input: process.stdin })) {
+  const cmd = JSON.parse(line) as {
+    dial?: string
+    hangUp?: string
+    append?: number
+    summary?: boolean
+    stop?: boolean
+  }
+  if (cmd.dial !== undefined) await mesh.dial(cmd.dial).catch((err: unknown) => say({ error: String(err) }))
+  if (cmd.hangUp !== undefined) await mesh.libp2p.hangUp(peerIdFromString(cmd.hangUp))
+  if (cmd.append !== undefined) {
+    for (let i = 0; i < cmd.append; i++) ledger.append(identity, { kind: 'member-genesis', body: {} })
+  }
+  if (cmd.summary === true) {
+    const s = sync.summary()
+    say({ summary: hex(s.digest), total: s.total, balances: ledger.balances() })
+  }
+  if (cmd.stop === true) await stop()
+}
+await stop()
