@@ -32,10 +32,12 @@ const say = (line: object) => process.stdout.write(`${JSON.stringify(line)}\n`)
 const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString('hex')
 
 // After every change (once the batch that made it is committed): what this node now holds.
-let pending: NodeJS.Timeout | undefined
+let pending = false
 ledger.onChange(() => {
-  pending ??= setTimeout(() => {
-    pending = undefined
+  if (pending) return
+  pending = true
+  setTimeout(() => {
+    pending = false
     const s = sync.summary()
     say({ digest: hex(s.digest), total: s.total, at: Date.now() })
   }, 1)
