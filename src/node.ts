@@ -17,6 +17,7 @@ import { createLogger, type Logger } from './logger.ts'
 import type { CountersignedReceipt } from './mesh/job-protocol.ts'
 import { createLedgerSync } from './mesh/ledger-sync.ts'
 import { createMesh, type Mesh } from './mesh/mesh.ts'
+import { defaultSources } from './models/sources/index.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
 import { createRuntime, type Runtime } from './runtime/runtime.ts'
@@ -81,7 +82,14 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         })
       }
     }
-    const models = createModelStore({ db, logger }, { dir: join(config.home, 'models') })
+    const models = createModelStore(
+      { db, logger },
+      {
+        dir: join(config.home, 'models'),
+        sources: defaultSources(config.models, process.env),
+        policy: { allow: config.models.allow, deny: config.models.deny, quotaBytes: config.models.quota },
+      },
+    )
     await models.start()
     cleanup.unshift(() => models.stop())
     // The built-in tiny model is always there (generated in ~20 ms), so a fresh node can answer.

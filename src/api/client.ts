@@ -63,6 +63,10 @@ export interface ShowResponse {
   modelfile: string
   parameters: string
   template: string
+  /** the default system prompt (Ollama's system layer), when the model has one */
+  system?: string
+  /** native extension: the reference the model was pulled from */
+  substrate?: { source?: string }
   details: OllamaModelDetails
   model_info: Record<string, unknown>
   capabilities: string[]

@@ -10,7 +10,7 @@ import { normalizeModelName } from '../models/store.ts'
 import type { ModelRecord, ModelStore } from '../models/types.ts'
 import type { GenerationStats, SamplingOptions } from '../runtime/protocol.ts'
 import type { GenerateRequest, Runtime } from '../runtime/runtime.ts'
-import type { OllamaOptions } from './types.ts'
+import { type OllamaOptions, ollamaOptionsSchema } from './types.ts'
 
 /** Above this a token limit is a mistake, not a wish: no context is that long. */
 export const MAX_PREDICT = 1_048_576
@@ -145,7 +145,39 @@ export async function* infer(c: InferenceComponents, req: InferenceRequest): Asy
       if (started || req.signal?.aborted === true) throw err
     }
   }
-  yield* c.runtime.generate({ ...req, model })
+  yield* c.runtime.generate({ ...withModelDefaults(model, req), model })
+}
+
+/**
+ * A pulled model's published defaults (Ollama's params and system layers) fill in what the
+ * request left unset: sampling options, num_ctx and, for a chat without one, the system
+ * prompt. A param this runtime does not know, or of the wrong type, is ignored.
+ */
+export function withModelDefaults(model: ModelRecord, req: InferenceRequest): InferenceRequest {
+  const extras = model.extras
+  if (extras === undefined) return req
+  const known: OllamaOptions = {}
+  for (const [key, value] of Object.entries(extras.params ?? {})) {
+    const field = ollamaOptionsSchema.shape[key as keyof OllamaOptions]
+    const parsed = field?.safeParse(value)
+    if (parsed?.success) Object.assign(known, { [key]: parsed.data })
+  }
+  const defined = (o: object) => Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined))
+  const out: InferenceRequest = {
+    ...req,
+    options: { ...defined(samplingFromOllama(known)), ...defined(req.options) },
+  }
+  const contextSize = req.contextSize ?? known.num_ctx
+  if (contextSize !== undefined) out.contextSize = contextSize
+  if (
+    req.mode === 'chat' &&
+    extras.system &&
+    req.messages &&
+    !req.messages.some((m) => m.role === 'system')
+  ) {
+    out.messages = [{ role: 'system', content: extras.system }, ...req.messages]
+  }
+  return out
 }
 
 function localIsBusy(c: InferenceComponents, model: ModelRecord): boolean {

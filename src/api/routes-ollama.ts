@@ -64,6 +64,25 @@ function finalFields(ev: { stats: GenerationStats; loadMs: number; totalMs: numb
   }
 }
 
+/** Ollama's `parameters` text: one "key value" line per value, a list repeated per item. */
+function formatParameters(params: Record<string, unknown>): string {
+  const lines: string[] = []
+  for (const [key, value] of Object.entries(params)) {
+    for (const v of Array.isArray(value) ? value : [value])
+      lines.push(`${key.padEnd(30)} ${JSON.stringify(v)}`)
+  }
+  return lines.join('\n')
+}
+
+function modelfileOf(path: string, template: string, system: string | undefined, parameters: string): string {
+  const quote = (text: string) => `"""${text}"""`
+  const lines = [`FROM ${path}`]
+  if (template !== '') lines.push(`TEMPLATE ${quote(template)}`)
+  if (system !== undefined) lines.push(`SYSTEM ${quote(system)}`)
+  for (const line of parameters === '' ? [] : parameters.split('\n')) lines.push(`PARAMETER ${line}`)
+  return `${lines.join('\n')}\n`
+}
+
 type Shape = (text: string) => Record<string, unknown>
 
 /** Runs one inference and answers either as an NDJSON stream or as one JSON object. */
@@ -223,11 +242,18 @@ export function ollamaRoutes(c: OllamaRouteComponents): Route[] {
       handler: async (req, res) => {
         const body = await readJson(req, modelNameRequestSchema)
         const m = await c.models.resolve((body.model ?? body.name)!)
+        const extras = m.extras ?? {}
+        const parameters = formatParameters(extras.params ?? {})
+        // The published template (an Ollama Go template) is shown; generation itself uses the
+        // GGUF's own chat template, which node-llama-cpp applies.
+        const template = extras.template ?? m.details.chatTemplate ?? ''
         sendJson(res, 200, {
-          license: '',
-          modelfile: `FROM ${m.path}\n`,
-          parameters: '',
-          template: m.details.chatTemplate ?? '',
+          license: extras.license ?? '',
+          modelfile: modelfileOf(m.path, template, extras.system, parameters),
+          parameters,
+          template,
+          ...(extras.system === undefined ? {} : { system: extras.system }),
+          ...(m.source === undefined ? {} : { substrate: { source: m.source } }),
           details: ollamaDetails(m),
           model_info: {
             'general.architecture': m.details.architecture,

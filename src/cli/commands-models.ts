@@ -137,6 +137,13 @@ const show: Command = {
       ['format', m.details.format],
     ].filter(([, v]) => v !== '')
     ctx.io.stdout.write(`  Model\n${rows.map(([k, v]) => `    ${k!.padEnd(16)}${v}\n`).join('')}`)
+    if (m.substrate?.source !== undefined) ctx.io.stdout.write(`\n  Source\n    ${m.substrate.source}\n`)
+    if (m.parameters !== '') {
+      const params = m.parameters.split('\n').map((l) => `    ${l}\n`)
+      ctx.io.stdout.write(`\n  Parameters\n${params.join('')}`)
+    }
+    if (m.system !== undefined)
+      ctx.io.stdout.write(`\n  System\n    ${m.system.split('\n').join('\n    ')}\n`)
     if (m.template !== '') {
       const lines = m.template.split('\n')
       const shown = lines.slice(0, 4).map((l) => `    ${l}\n`)

@@ -154,6 +154,8 @@ function envLayer(env: NodeJS.ProcessEnv): Layer {
     // An empty variable counts as unset: `SUBSTRATE_PORT= substrate serve` is easy to write by accident.
     if (value !== undefined && value !== '') fromNamed(layer, name, value, name)
   }
+  // Hugging Face's own variable, so a mirror already set for other tools works here too.
+  if (env.HF_ENDPOINT) set(layer, 'models.hfEndpoint', env.HF_ENDPOINT, 'HF_ENDPOINT')
   return layer
 }
 
@@ -219,6 +221,7 @@ const numericKeys = new Set<ConfigKey>([
   'runtime.contextSize',
   'runtime.maxLoadedModels',
   'mesh.jobSlots',
+  'models.quota',
 ])
 
 /** Validates one value in its layer and returns it ready for configSchema. */
@@ -261,6 +264,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     log: {},
     sandbox: {},
     mesh: {},
+    models: {},
   }
   const origins = new Map<ConfigKey, string>()
   for (const layer of [fileLayer(join(home, 'config.toml')), envs, flags]) {
@@ -290,6 +294,11 @@ function displayValue(config: Config, key: ConfigKey): string {
   if (key === 'home') return config.home
   if (key === 'api.token') return config.api.token === undefined ? '(not set)' : '<redacted>'
   if (key === 'runtime.keepAlive') return formatDuration(config.runtime.keepAlive)
+  if (key === 'models.allow' || key === 'models.deny') {
+    const list = config.models[key === 'models.allow' ? 'allow' : 'deny']
+    return list.length === 0 ? '(none)' : list.join(',')
+  }
+  if (key === 'models.quota') return config.models.quota === 0 ? '0 (no limit)' : String(config.models.quota)
   if (key === 'mesh.listen' || key === 'mesh.bootstrap') {
     const list = config.mesh[key === 'mesh.listen' ? 'listen' : 'bootstrap']
     return list.length === 0 ? '(none)' : list.join(',')

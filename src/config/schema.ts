@@ -25,6 +25,11 @@ export const configKeys = [
   'mesh.bootstrap',
   'mesh.mdns',
   'mesh.jobSlots',
+  'models.allow',
+  'models.deny',
+  'models.quota',
+  'models.hfEndpoint',
+  'models.ollamaRegistry',
 ] as const
 export type ConfigKey = (typeof configKeys)[number]
 
@@ -118,6 +123,43 @@ function multiaddrList(mustNamePeer: boolean) {
     )
 }
 
+/** Model name globs: a TOML array, or one comma-separated string (env and flags). */
+const globList = z
+  .union([z.string(), z.array(z.string())])
+  .transform((v) => (typeof v === 'string' ? v.split(',') : v).map((g) => g.trim()).filter((g) => g !== ''))
+  .pipe(z.array(z.string().max(500)).max(1000))
+
+const sizeUnits: Record<string, number> = {
+  '': 1,
+  b: 1,
+  kb: 1e3,
+  mb: 1e6,
+  gb: 1e9,
+  tb: 1e12,
+  kib: 2 ** 10,
+  mib: 2 ** 20,
+  gib: 2 ** 30,
+  tib: 2 ** 40,
+}
+const sizeExpect = 'a size like "50GiB", "500MB" or a byte count; 0 means no limit'
+
+/** "50GiB" → bytes; a bare number is bytes. */
+export function parseSize(value: string | number): number {
+  if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value) || value < 0) throw new Error(sizeExpect)
+    return value
+  }
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(value)
+  const unit = m === null ? undefined : sizeUnits[m[2]!.toLowerCase()]
+  if (m === null || unit === undefined) throw new Error(sizeExpect)
+  return Math.round(Number(m[1]) * unit)
+}
+
+const httpUrl = z
+  .string()
+  .refine((u) => URL.canParse(u) && /^https?:$/.test(new URL(u).protocol))
+  .transform((u) => u.replace(/\/+$/, ''))
+
 /** One schema per key, and the phrase that completes "<key> must be …" when it fails. */
 export const leafSchemas = {
   home: {
@@ -173,6 +215,24 @@ export const leafSchemas = {
   },
   'mesh.mdns': { schema: booleanSchema, expect: 'true or false' },
   'mesh.jobSlots': { schema: positiveInt, expect: 'an integer of at least 1 (mesh jobs served at once)' },
+  'models.allow': {
+    schema: globList,
+    expect: 'model globs, comma-separated (like "hf:bartowski/*,ollama:*")',
+  },
+  'models.deny': { schema: globList, expect: 'model globs, comma-separated (like "ollama:*-uncensored*")' },
+  'models.quota': {
+    schema: z.union([z.string(), z.number()]).transform((v, ctx) => {
+      try {
+        return parseSize(v)
+      } catch {
+        ctx.issues.push({ code: 'custom', message: sizeExpect, input: v })
+        return z.NEVER
+      }
+    }),
+    expect: sizeExpect,
+  },
+  'models.hfEndpoint': { schema: httpUrl, expect: 'an http(s) URL like "https://huggingface.co"' },
+  'models.ollamaRegistry': { schema: httpUrl, expect: 'an http(s) URL like "https://registry.ollama.ai"' },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -228,6 +288,18 @@ export const configSchema = z
         mdns: leafSchemas['mesh.mdns'].schema.default(false),
         /** Mesh jobs served at once: half the default parallel sequences, so local use keeps room. */
         jobSlots: leafSchemas['mesh.jobSlots'].schema.default(2),
+      })
+      .prefault({}),
+    models: z
+      .object({
+        /** Globs over a model's source, name and digest; empty = everything not denied. */
+        allow: leafSchemas['models.allow'].schema.prefault([]),
+        deny: leafSchemas['models.deny'].schema.prefault([]),
+        /** Bytes the model store may hold; 0 = no limit. */
+        quota: leafSchemas['models.quota'].schema.prefault(0),
+        /** HF_ENDPOINT (Hugging Face's own variable) sets it too, so a mirror set for other tools works here. */
+        hfEndpoint: leafSchemas['models.hfEndpoint'].schema.prefault('https://huggingface.co'),
+        ollamaRegistry: leafSchemas['models.ollamaRegistry'].schema.prefault('https://registry.ollama.ai'),
       })
       .prefault({}),
   })

@@ -22,8 +22,12 @@ export interface ModelSubject {
 }
 
 export interface ModelPolicy {
-  /** Throws E_POLICY_DENIED unless the rules let this model in. */
-  check(subject: ModelSubject): void
+  /**
+   * Throws E_POLICY_DENIED unless the rules let this model in. `denyOnly` checks just the
+   * deny rules: for a reference not yet resolved, whose canonical names an allow rule may
+   * be written against.
+   */
+  check(subject: ModelSubject, opts?: { denyOnly?: boolean }): void
   /** Throws E_QUOTA_EXCEEDED when `incoming` more bytes would not fit beside `used`. */
   checkQuota(used: number, incoming: number, what: string): void
   readonly quotaBytes: number | undefined
@@ -43,7 +47,7 @@ export function createModelPolicy(init: ModelPolicyInit = {}): ModelPolicy {
   const quotaBytes = init.quotaBytes === undefined || init.quotaBytes <= 0 ? undefined : init.quotaBytes
   return {
     quotaBytes,
-    check(subject) {
+    check(subject, opts = {}) {
       const names = [subject.source, subject.name, subject.digest].filter((n): n is string => n !== undefined)
       const what = subject.source ?? subject.name ?? subject.digest ?? 'the model'
       for (const rule of deny) {
@@ -58,7 +62,7 @@ export function createModelPolicy(init: ModelPolicyInit = {}): ModelPolicy {
           )
         }
       }
-      if (allow.length > 0 && !allow.some((rule) => names.some((n) => rule.re.test(n)))) {
+      if (!opts.denyOnly && allow.length > 0 && !allow.some((rule) => names.some((n) => rule.re.test(n)))) {
         throw new SubstrateError('E_POLICY_DENIED', `${what} is refused: it matches no models.allow rule`, {
           hint: `allowed: ${allow.map((r) => r.glob).join(', ')}`,
         })

@@ -292,7 +292,10 @@ export function createModelStore(
       )
     }
     const source = sourceFor(sources, ref)
-    if (opts.name !== undefined) normalizeModelName(opts.name) // a bad name fails before any request
+    // A bad name or a denied reference fails before any request; the allow list is checked
+    // once the source has said what the reference is.
+    const asName = opts.name === undefined ? {} : { name: normalizeModelName(opts.name) }
+    policy.check({ source: ref, ...asName }, { denyOnly: true })
     opts.onProgress?.({ status: 'pulling manifest' })
     const plan = await source.plan(ref, {
       logger,
@@ -334,6 +337,14 @@ export function createModelStore(
         ...(plan.extras === undefined ? {} : { extras: plan.extras }),
       })
       const record = await serialized(() => pointName(name, { ...known, detailsJson }))
+      // As Ollama does for a layer it has: the blob's line, already complete.
+      const { size } = known
+      opts.onProgress?.({
+        status: `pulling ${sha256!.slice(0, 12)}`,
+        digest: known.digest,
+        total: size,
+        completed: size,
+      })
       opts.onProgress?.({ status: 'success', digest: known.digest })
       return record
     }

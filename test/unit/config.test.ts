@@ -225,6 +225,46 @@ describe('loadConfig', () => {
   })
 })
 
+describe('models config', () => {
+  test('defaults: no rules, no quota, the public Hub and registry', () => {
+    const config = loadConfig({ env: {}, home: homeWith() })
+    assert.deepEqual(config.models, {
+      allow: [],
+      deny: [],
+      quota: 0,
+      hfEndpoint: 'https://huggingface.co',
+      ollamaRegistry: 'https://registry.ollama.ai',
+    })
+  })
+
+  test('config.toml sets lists, a quota with units and endpoints; HF_ENDPOINT is honoured', () => {
+    const dir = homeWith(
+      '[models]\nallow = ["hf:bartowski/*", "ollama:*"]\ndeny = ["*uncensored*"]\nquota = "1.5GiB"\nollama_registry = "http://127.0.0.1:5000/"\n',
+    )
+    const config = loadConfig({ env: { HF_ENDPOINT: 'https://hf-mirror.example' }, home: dir })
+    assert.deepEqual(config.models.allow, ['hf:bartowski/*', 'ollama:*'])
+    assert.deepEqual(config.models.deny, ['*uncensored*'])
+    assert.equal(config.models.quota, Math.round(1.5 * 2 ** 30))
+    assert.equal(config.models.ollamaRegistry, 'http://127.0.0.1:5000')
+    assert.equal(config.models.hfEndpoint, 'https://hf-mirror.example')
+    assert.equal(sourceOf(config, 'models.hfEndpoint'), 'env')
+    assert.equal(describeConfig(config).find((e) => e.key === 'models.deny')?.value, '*uncensored*')
+  })
+
+  test('a bad quota or endpoint is refused, naming the key', () => {
+    rejects(
+      () => loadConfig({ env: {}, home: homeWith('[models]\nquota = "lots"\n') }),
+      'E_CONFIG',
+      'models.quota must be a size',
+    )
+    rejects(
+      () => loadConfig({ env: { HF_ENDPOINT: 'ftp://x' }, home: homeWith() }),
+      'E_CONFIG',
+      'HF_ENDPOINT: models.hfEndpoint must be an http(s) URL',
+    )
+  })
+})
+
 describe('mesh config', () => {
   const peer = '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo'
 

@@ -1,18 +1,14 @@
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { once } from 'node:events'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
-import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { after, before, test } from 'node:test'
 import { SubstrateError } from '../../src/errors.ts'
-import { silentLogger } from '../../src/logger.ts'
 import { writeTinyModel } from '../../src/models/builtin.ts'
-import { createModelStore } from '../../src/models/store.ts'
 import type { ProgressEvent } from '../../src/models/types.ts'
-import { openDatabase } from '../../src/store/database.ts'
+import { openWritableFile } from '../../src/models/writable.ts'
+import { openTestStore, sendFile, serve } from '../helpers/http-server.ts'
 
 const root = mkdtempSync(join(tmpdir(), 'substrate-pull-'))
 let tiny: Buffer
@@ -24,69 +20,7 @@ before(async () => {
 })
 after(() => rmSync(root, { recursive: true, force: true }))
 
-interface Seen {
-  path: string
-  range: string | undefined
-  ifRange: string | undefined
-}
-type Handler = (req: IncomingMessage, res: ServerResponse, nth: number) => void
-
-async function serve(handler: Handler) {
-  const seen: Seen[] = []
-  const server = http.createServer((req, res) => {
-    const ifRange = req.headers['if-range']
-    seen.push({
-      path: req.url ?? '',
-      range: req.headers.range,
-      ifRange: typeof ifRange === 'string' ? ifRange : undefined,
-    })
-    handler(req, res, seen.length)
-  })
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  return {
-    seen,
-    url: (path: string) => `http://127.0.0.1:${port}${path}`,
-    close: () => {
-      server.closeAllConnections()
-      server.close()
-    },
-  }
-}
-
-/** Answers like a range-capable file server; `cutAt` drops the connection at that byte of the file. */
-function sendFile(
-  req: IncomingMessage,
-  res: ServerResponse,
-  body: Buffer,
-  opts: { cutAt?: number; ignoreRange?: boolean } = {},
-) {
-  const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '')
-  const start = m && !opts.ignoreRange ? Number(m[1]) : 0
-  const headers = { etag: '"v1"', 'accept-ranges': 'bytes', 'content-length': String(body.length - start) }
-  if (start > 0)
-    res.writeHead(206, { ...headers, 'content-range': `bytes ${start}-${body.length - 1}/${body.length}` })
-  else res.writeHead(200, headers)
-  if (opts.cutAt === undefined || opts.cutAt >= body.length) {
-    res.end(body.subarray(start))
-    return
-  }
-  res.write(body.subarray(start, Math.max(start, opts.cutAt)), () => res.destroy())
-}
-
-let homes = 0
-async function openStore() {
-  const home = join(root, `home-${++homes}`)
-  const db = openDatabase(join(home, 'substrate.db'))
-  const store = createModelStore(
-    { db, logger: silentLogger },
-    { dir: join(home, 'models'), pull: { retries: 3, backoffMs: 5, idleTimeoutMs: 2000 } },
-  )
-  await store.start()
-  const tmp = () => readdirSync(join(home, 'models', 'tmp')).sort()
-  return { store, tmp, close: () => store.stop().then(() => db.close()) }
-}
+const openStore = () => openTestStore(root)
 
 function recorder() {
   const events: ProgressEvent[] = []
@@ -178,6 +112,51 @@ test('a server whose body is shorter than its Content-Length fails with E_DOWNLO
   assert.equal(liar.seen.length, 4, 'the first attempt and three retries, then it gives up')
   assert.deepEqual(store.list(), [])
   liar.close()
+  await close()
+})
+
+test('a server that sends more than its Content-Length gets the bytes it declared, then a checksum refusal', async () => {
+  // It claims 50 000 bytes and sends the whole model: only the declared bytes count.
+  const liar = await serve((_req, res) => {
+    res.writeHead(200, { 'content-length': '50000' })
+    res.end(tiny)
+  })
+  const { store, tmp, close } = await openStore()
+  await assert.rejects(
+    store.pull(liar.url('/tiny.gguf'), { sha256: tinySha }),
+    code('E_CHECKSUM_MISMATCH', /expected/),
+  )
+  // Without a published digest the GGUF check refuses the torn file instead.
+  await assert.rejects(store.pull(liar.url('/tiny.gguf'), {}), code('E_INVALID_MODEL_FILE'))
+  assert.deepEqual(store.list(), [])
+  assert.deepEqual(tmp(), [])
+  liar.close()
+  await close()
+})
+
+test('a full disk during a pull is E_DISK_FULL, and nothing is half-imported or kept', async () => {
+  const big = Buffer.concat([tiny, Buffer.alloc(4 << 20)])
+  const server = await serve((req, res) => sendFile(req, res, big))
+  let written = 0
+  const { store, tmp, home, close } = await openTestStore(root, {
+    openWritable: async (path, flags) => {
+      const file = await openWritableFile(path, flags)
+      return {
+        ...file,
+        write: async (data, position) => {
+          written += data.length
+          if (written > 1 << 20) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
+          return file.write(data, position)
+        },
+      }
+    },
+  })
+  await assert.rejects(store.pull(server.url('/big.gguf'), {}), code('E_DISK_FULL'))
+  assert.equal(server.seen.length, 1, 'a full disk is not retried')
+  assert.deepEqual(store.list(), [])
+  assert.deepEqual(tmp(), [])
+  assert.deepEqual(readdirSync(join(home, 'models', 'blobs')), [])
+  server.close()
   await close()
 })
 

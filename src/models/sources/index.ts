@@ -1,7 +1,23 @@
 // Picks the source that understands a pull reference.
 
 import { SubstrateError } from '../../errors.ts'
+import { createHuggingFaceSource } from './huggingface.ts'
+import { createOllamaSource } from './ollama.ts'
 import type { ModelSource } from './plan.ts'
+import { createUrlSource } from './url.ts'
+
+/** The sources every node knows: Hugging Face, the Ollama library and plain URLs. */
+export function defaultSources(
+  init: { hfEndpoint: string; ollamaRegistry: string },
+  env: NodeJS.ProcessEnv,
+): ModelSource[] {
+  const token = env.HF_TOKEN
+  return [
+    createHuggingFaceSource({ endpoint: init.hfEndpoint, ...(token ? { token } : {}) }),
+    createOllamaSource({ registry: init.ollamaRegistry }),
+    createUrlSource(),
+  ]
+}
 
 /** True when `ref` names something to download rather than a model already known locally. */
 export function isSourceRef(sources: readonly ModelSource[], ref: string): boolean {
