@@ -3,7 +3,9 @@
 // bootstrapped to the first. One node removes its copy of substrate-tiny and asks for it
 // anyway: a peer serves the answer, and both signed receipts are printed. Then the worker
 // serving a long answer is SIGKILLed mid-stream, and the answer completes from the other one
-// (prefix continuation). `npm run demo`.
+// (prefix continuation). In between, each node's credits: the worker earned, the requester
+// (a newcomer with no credits) spent and its daily floor paid, and all three ledgers agree
+// once they have synced. `npm run demo`.
 
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
@@ -12,7 +14,7 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { type Client, createClient } from '../src/api/client.ts'
-import type { ReceiptInfo } from '../src/api/types.ts'
+import type { CreditsBalance, ReceiptInfo } from '../src/api/types.ts'
 import { writeTinyModel } from '../src/models/builtin.ts'
 
 const cli = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url))
@@ -79,6 +81,97 @@ async function stopAll(): Promise<void> {
       if (code === 'timeout') d.child.kill('SIGKILL')
       rmSync(d.home, { recursive: true, force: true })
     }),
+  )
+}
+
+/** Runs the `substrate` CLI against a daemon, its output going to ours. */
+async function substrate(d: Daemon, args: string[]): Promise<void> {
+  const port = new URL(d.client.baseUrl).port
+  const child = spawn(process.execPath, [cli, ...args, '--port', port, '--home', d.home], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  if (code !== 0) throw new Error(`substrate ${args.join(' ')} on ${d.name} exited with ${code}`)
+}
+
+const balanceKey = (b: CreditsBalance) =>
+  JSON.stringify([b.member, b.earned, b.spent, b.floorCovered, b.balance, b.floorLeftToday, b.frozen])
+
+/**
+ * Credits after the mesh job: the worker earned, the requester spent and, being a newcomer
+ * with nothing earned, had it paid by its daily floor. Then waits (bounded) until the three
+ * ledgers hold the same balances: the receipt reached the third node only by ledger sync.
+ */
+async function credits(all: Daemon[], worker: Daemon, requester: Daemon): Promise<void> {
+  console.log(`
+• credits, as each node's own ledger folds them (one credit ≈ one output token):
+`)
+  const rows = await Promise.all(all.map(async (d) => ({ d, c: await d.client.credits() })))
+  const cells = rows.map(({ d, c }) => [
+    d.name,
+    short(c.balance.member),
+    String(c.balance.balance),
+    String(c.balance.earned),
+    String(c.balance.spent),
+    String(c.balance.floorCovered),
+    `${c.balance.floorLeftToday} of ${c.balance.floorPerDay}`,
+  ])
+  const head = ['NODE', 'MEMBER', 'BALANCE', 'EARNED', 'SPENT', 'FLOOR PAID', 'FLOOR LEFT TODAY']
+  const widths = head.map((h, i) => Math.max(h.length, ...cells.map((r) => r[i]!.length)) + 3)
+  for (const r of [head, ...cells])
+    console.log(
+      `    ${r
+        .map((v, i) => v.padEnd(widths[i]!))
+        .join('')
+        .trimEnd()}`,
+    )
+  const w = rows.find((r) => r.d === worker)!.c.balance
+  const q = rows.find((r) => r.d === requester)!.c.balance
+  if (!(w.earned > 0 && w.balance === w.earned))
+    throw new Error(`${worker.name} earned nothing: ${JSON.stringify(w)}`)
+  if (!(q.spent > 0 && q.floorCovered === q.spent && q.balance === 0)) {
+    throw new Error(`${requester.name}'s spending was not paid by its floor: ${JSON.stringify(q)}`)
+  }
+  console.log(
+    `
+• ${worker.name} earned ${w.earned}; ${requester.name}, a newcomer with no credits, spent ${q.spent} and its daily floor paid it all`,
+  )
+  console.log(`
+$ substrate credits   # on ${requester.name}
+`)
+  await substrate(requester, ['credits'])
+
+  const deadline = performance.now() + 20_000
+  let views: Array<{ d: Daemon; key: string; digest: string }> = []
+  for (;;) {
+    views = await Promise.all(
+      all.map(async (d) => {
+        const b = await d.client.ledgerBalances()
+        return { d, key: b.balances.map(balanceKey).join('\n'), digest: b.headsDigest }
+      }),
+    )
+    if (views.every((v) => v.key === views[0]!.key && v.digest === views[0]!.digest)) break
+    if (performance.now() > deadline) {
+      throw new Error(
+        `the three ledgers did not agree within 20 s (is ledger sync running?): ${views
+          .map((v) => `${v.d.name} ${v.digest.slice(0, 12)}`)
+          .join(', ')}`,
+      )
+    }
+    await sleep(200)
+  }
+  // `substrate credits MEMBER` on each node, for each member: one answer everywhere.
+  const members = [worker, requester].map((d) => d.id)
+  for (const member of members) {
+    const answers = await Promise.all(all.map((d) => d.client.credits(member)))
+    if (new Set(answers.map((a) => balanceKey(a.balance))).size !== 1) {
+      throw new Error(`substrate credits ${member} differs between nodes`)
+    }
+  }
+  console.log(
+    `
+• all three ledgers agree (heads digest ${views[0]!.digest.slice(0, 16)}…, after ${elapsed()}): ` +
+      `substrate credits gives ${worker.name} ${w.balance} and ${requester.name} ${q.balance} on every node`,
   )
 }
 
@@ -227,7 +320,10 @@ try {
   const workerCopy = (await worker!.client.receipts()).receipts.find((r) => r.cid === served.receipt.cid)
   if (workerCopy === undefined) throw new Error(`${worker?.name} did not keep the receipt`)
   show(`receipt kept by ${worker!.name} (worker): the same doubly signed record`, workerCopy)
-  console.log(`\n• both copies are the same signed bytes: ${requesterCopy?.signed === workerCopy.signed}`)
+  const same = requesterCopy?.signed !== undefined && requesterCopy.signed === workerCopy.signed
+  console.log(`\n• both copies are the same signed bytes: ${same}`)
+  if (!same) throw new Error('the requester and the worker logged different receipts')
+  await credits([alpha, beta, gamma], worker!, gamma)
   await failover(gamma, workers)
   console.log(`\n• done in ${elapsed()}; stopping the three daemons`)
 } catch (err) {

@@ -87,7 +87,7 @@ export function meshRoutes(c: MeshRouteComponents): Route[] {
       handler: async (_req, res) => {
         const receipts = (c.recentReceipts?.() ?? []).map((r) => ({
           role: r.role,
-          ...receiptJson(r.receipt),
+          ...receiptJson(r.receipt, { signed: true }),
         }))
         sendJson(res, 200, { receipts })
       },
