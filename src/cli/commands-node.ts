@@ -4,6 +4,7 @@
 import { toSubstrateError } from '../errors.ts'
 import type { HardwareInfo } from '../hardware/detect.ts'
 import { VERSION } from '../version.ts'
+import { leanStartup } from './lean-heap.ts'
 import { type Command, type FlagSpec, formatBytes, table, writeJson } from './render.ts'
 
 // Daemon settings serve accepts as flags; names match loadConfig's short names.
@@ -72,6 +73,7 @@ const serve: Command = {
   flags: serveFlags,
   args: { min: 0, max: 0 },
   async run(ctx, { values }) {
+    const leanReady = leanStartup()
     // Loaded here, not at the top: only serve needs the daemon's code.
     const [{ loadConfig, describeConfig }, { createNode }, { createLogger }] = await Promise.all([
       import('../config/load.ts'),
@@ -90,6 +92,7 @@ const serve: Command = {
     const config = loadConfig({ flags, home: ctx.connection.home })
     const logger = createLogger({ level: config.log.level })
     const node = await createNode(config, { logger, describeConfig: () => describeConfig(config) })
+    leanReady()
     logger.info(`substrate ${VERSION} ready`, { url: node.api.url, home: config.home, pid: process.pid })
 
     let signals = 0
