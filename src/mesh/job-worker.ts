@@ -178,7 +178,10 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
       }, queueTimeoutMs)
       waiting.set(cid, { request, timer, settle: resolve })
       pump()
-      if (waiting.has(cid)) activity() // the queue grew: the capacity record says so
+      if (waiting.has(cid)) {
+        log.info('job waits for a slot', { job: cid, requester: standing.member, balance: standing.balance })
+        activity() // the queue grew: the capacity record says so
+      }
     })
 
   const refuse = async (ch: WorkerChannel, err: SubstrateError, reset: boolean) => {
