@@ -133,7 +133,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         { identity, logger, models, runtime, standingOf: (requester) => ledger.standingOf(requester) },
         {
           node: { listen: config.mesh.listen, bootstrap: config.mesh.bootstrap, mdns: config.mesh.mdns },
-          jobs: { maxConcurrentJobs: config.mesh.jobSlots },
+          jobs: { maxConcurrentJobs: config.mesh.jobSlots, stallTimeoutMs: config.mesh.stallTimeout },
           provideModels: true,
           ...(sandbox.enforced
             ? {}
@@ -148,6 +148,8 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         multiaddrs: () => started.node.multiaddrs(),
         view: () => started.capacity.view(),
         latencyMs: (peer) => started.latencyMs(peer),
+        standing: (peer) => started.standing(peer),
+        gossip: () => started.gossip(),
       }
       const offModels = models.onChange?.(() => started.modelsChanged())
       cleanup.unshift(() => offModels?.())

@@ -135,7 +135,8 @@ export async function* infer(c: InferenceComponents, req: InferenceRequest): Asy
   if (peer !== undefined && peer.loadedOn.length > 0) {
     let started = false
     try {
-      for await (const ev of inferOnMesh(c, peer, req)) {
+      // No waiting for a mesh slot: the local queue is the fallback.
+      for await (const ev of inferOnMesh(c, peer, req, { busyWaitMs: 0 })) {
         started = true
         yield ev
       }
@@ -190,6 +191,7 @@ async function* inferOnMesh(
   c: InferenceComponents,
   remote: RemoteModel,
   req: InferenceRequest,
+  options: { busyWaitMs?: number } = {},
 ): AsyncGenerator<InferenceEvent> {
   const mesh = c.mesh!
   const started = performance.now()
@@ -203,7 +205,7 @@ async function* inferOnMesh(
       options: req.options,
       maxTokens,
     },
-    req.signal === undefined ? {} : { signal: req.signal },
+    req.signal === undefined ? options : { ...options, signal: req.signal },
   )
   try {
     for await (const ev of events) {

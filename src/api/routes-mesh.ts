@@ -3,8 +3,9 @@
 // and OpenAI routes add to a final chunk as the extension field `substrate` (their official
 // clients ignore fields they do not know).
 
-import type { CapacityEntry } from '../mesh/capacity-gossip.ts'
+import type { CapacityEntry, CapacityGossipStats } from '../mesh/capacity-gossip.ts'
 import type { CountersignedReceipt } from '../mesh/job-protocol.ts'
+import type { PeerStanding } from '../mesh/worker-standing.ts'
 import { sendJson } from './http.ts'
 import type { MeshServed } from './inference.ts'
 import type { Route } from './router.ts'
@@ -19,6 +20,8 @@ export interface MeshRouteComponents {
         view(): CapacityEntry[]
         /** Round-trip time to a connected peer in ms, when measured. */
         latencyMs(peer: string): number | undefined
+        standing?(peer: string): PeerStanding
+        gossip?(): CapacityGossipStats & { scores: Array<{ id: string; score: number }> }
       }
     | undefined
   /** The most recent receipts this node signed, as worker or as requester (newest last). */
@@ -50,6 +53,13 @@ export function servedJson(served: MeshServed): ServedInfo {
   }
 }
 
+function standingJson(s: PeerStanding | undefined): Pick<PeerInfo, 'standing'> {
+  if (s === undefined || s.successes + s.failures + s.inFlight === 0) return {}
+  const { inFlight, successes, failures, lastOutcome } = s
+  const standing = { inFlight, penalty: Math.round(s.penalty * 100) / 100, successes, failures }
+  return { standing: lastOutcome === undefined ? standing : { ...standing, lastOutcome } }
+}
+
 export function meshRoutes(c: MeshRouteComponents): Route[] {
   return [
     {
@@ -70,6 +80,7 @@ export function meshRoutes(c: MeshRouteComponents): Route[] {
             queueDepth: e.record.queueDepth,
             latencyMs: mesh?.latencyMs(e.peer) ?? null,
             lastSeen: new Date(e.lastSeen).toISOString(),
+            ...standingJson(mesh?.standing?.(e.peer)),
           }))
           .sort((a, b) => a.id.localeCompare(b.id))
         const body: PeersResponse = {
@@ -77,6 +88,7 @@ export function meshRoutes(c: MeshRouteComponents): Route[] {
           id: mesh?.peerId ?? null,
           addrs: mesh?.multiaddrs() ?? [],
           peers,
+          ...(mesh?.gossip === undefined ? {} : { gossip: mesh.gossip() }),
         }
         sendJson(res, 200, body)
       },

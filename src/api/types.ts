@@ -161,6 +161,28 @@ export interface PeerInfo {
   latencyMs: number | null
   /** when its last capacity record arrived (ISO 8601) */
   lastSeen: string
+  /** what our own jobs on this peer taught us (absent until we sent it one) */
+  standing?: {
+    /** our jobs it is running now */
+    inFlight: number
+    /** fades with time (half-life 1 min); ≥ 0.5 ranks the peer after peers in good standing */
+    penalty: number
+    successes: number
+    failures: number
+    lastOutcome?: 'success' | 'busy' | 'refused' | 'timeout' | 'gone' | 'failed'
+  }
+}
+
+/** Capacity gossip as this node received it: records accepted and dropped, and peers' gossip scores. */
+export interface GossipInfo {
+  published: number
+  accepted: number
+  rejected: number
+  rateLimited: number
+  flooded: number
+  overflow: number
+  /** gossipsub's score of each connected peer; negative after invalid records or a flood */
+  scores: Array<{ id: string; score: number }>
 }
 
 export interface PeersResponse {
@@ -170,6 +192,8 @@ export interface PeersResponse {
   /** this node's mesh addresses, each with /p2p/<id> */
   addrs: string[]
   peers: PeerInfo[]
+  /** absent when the mesh is off */
+  gossip?: GossipInfo
 }
 
 /** A mesh job's receipt as the API shows it; `signed` (base64 envelope) only in /substrate/v1/receipts. */

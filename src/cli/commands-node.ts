@@ -49,6 +49,11 @@ const serveFlags: Record<string, FlagSpec> = {
     value: 'N',
     help: 'mesh jobs served at once (default 2; SUBSTRATE_JOB_SLOTS)',
   },
+  'mesh-stall-timeout': {
+    type: 'string',
+    value: 'D',
+    help: 'silence from a mesh worker before its job moves to another peer (default 30s; SUBSTRATE_MESH_STALL_TIMEOUT)',
+  },
 }
 
 const serve: Command = {
@@ -69,6 +74,7 @@ const serve: Command = {
     'SUBSTRATE_LOG_FORMAT json for one JSON object per log line',
     'SUBSTRATE_KEEP_ALIVE, SUBSTRATE_THREADS, SUBSTRATE_PARALLEL, SUBSTRATE_CONTEXT_SIZE',
     'SUBSTRATE_MESH, SUBSTRATE_MESH_LISTEN, SUBSTRATE_BOOTSTRAP, SUBSTRATE_MDNS, SUBSTRATE_JOB_SLOTS',
+    'SUBSTRATE_MESH_STALL_TIMEOUT',
   ],
   flags: serveFlags,
   args: { min: 0, max: 0 },

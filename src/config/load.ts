@@ -69,6 +69,7 @@ const shortNames: Record<string, ConfigKey> = {
   bootstrap: 'mesh.bootstrap',
   mdns: 'mesh.mdns',
   jobslots: 'mesh.jobSlots',
+  meshstalltimeout: 'mesh.stallTimeout',
 }
 const dottedNames = new Map<string, ConfigKey>(configKeys.map((key) => [normalise(key), key]))
 
@@ -145,6 +146,7 @@ const envVars = [
   'SUBSTRATE_BOOTSTRAP',
   'SUBSTRATE_MDNS',
   'SUBSTRATE_JOB_SLOTS',
+  'SUBSTRATE_MESH_STALL_TIMEOUT',
 ]
 
 function envLayer(env: NodeJS.ProcessEnv): Layer {
@@ -222,6 +224,7 @@ const numericKeys = new Set<ConfigKey>([
   'runtime.maxLoadedModels',
   'mesh.jobSlots',
   'models.quota',
+  'mesh.stallTimeout',
 ])
 
 /** Validates one value in its layer and returns it ready for configSchema. */
@@ -299,6 +302,7 @@ function displayValue(config: Config, key: ConfigKey): string {
     return list.length === 0 ? '(none)' : list.join(',')
   }
   if (key === 'models.quota') return config.models.quota === 0 ? '0 (no limit)' : String(config.models.quota)
+  if (key === 'mesh.stallTimeout') return formatDuration(config.mesh.stallTimeout)
   if (key === 'mesh.listen' || key === 'mesh.bootstrap') {
     const list = config.mesh[key === 'mesh.listen' ? 'listen' : 'bootstrap']
     return list.length === 0 ? '(none)' : list.join(',')

@@ -30,6 +30,7 @@ export const configKeys = [
   'models.quota',
   'models.hfEndpoint',
   'models.ollamaRegistry',
+  'mesh.stallTimeout',
 ] as const
 export type ConfigKey = (typeof configKeys)[number]
 
@@ -233,6 +234,22 @@ export const leafSchemas = {
   },
   'models.hfEndpoint': { schema: httpUrl, expect: 'an http(s) URL like "https://huggingface.co"' },
   'models.ollamaRegistry': { schema: httpUrl, expect: 'an http(s) URL like "https://registry.ollama.ai"' },
+  'mesh.stallTimeout': {
+    schema: z.union([z.string(), z.number()]).transform((v, ctx) => {
+      let ms: number
+      try {
+        ms = parseDuration(v)
+      } catch {
+        ms = Number.NaN
+      }
+      if (!(ms >= 100 && Number.isFinite(ms))) {
+        ctx.issues.push({ code: 'custom', message: 'a duration of at least 100ms', input: v })
+        return z.NEVER
+      }
+      return ms
+    }),
+    expect: 'a duration of at least 100ms, like "60s" or "2m"',
+  },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -288,6 +305,11 @@ export const configSchema = z
         mdns: leafSchemas['mesh.mdns'].schema.default(false),
         /** Mesh jobs served at once: half the default parallel sequences, so local use keeps room. */
         jobSlots: leafSchemas['mesh.jobSlots'].schema.default(2),
+        /**
+         * Longest silence from a worker between two frames of a job before the job moves on
+         * to another peer. The wait for the first token (a model load) has its own, longer bound.
+         */
+        stallTimeout: leafSchemas['mesh.stallTimeout'].schema.prefault('30s'),
       })
       .prefault({}),
     models: z

@@ -2,7 +2,9 @@
 // `substrate/capacity/1` every few seconds and soon after anything changes, and keeps a view
 // of everyone else's last record. The topic validator is the one gate: it rate-limits each
 // origin before doing any crypto, then verifies; a rejected record is never delivered or
-// forwarded, and gossipsub's peer scoring charges whoever relayed it.
+// forwarded, and gossipsub's peer scoring charges whoever relayed it. A little over the rate
+// is ignored (an honest burst, or jitter along a relay path); far over it is a flood, and
+// rejected like an invalid record, so the flooder's score sinks until it is graylisted.
 
 import type { Message, SubscriptionChangeData } from '@libp2p/gossipsub'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
@@ -33,6 +35,8 @@ export interface CapacityGossipStats {
   rejected: number
   /** Records over a peer's rate: dropped without verifying and not forwarded. */
   rateLimited: number
+  /** Of those, records so far over the rate that they count as a flood: rejected and scored. */
+  flooded: number
   /** Records from new peers dropped because the view was full. */
   overflow: number
 }
@@ -75,13 +79,23 @@ export function createCapacityGossip(
   const recordTtlMs = init.recordTtlMs ?? 60_000
   const ratePerSecond = init.ratePerSecond ?? 2
   const rateBurst = init.rateBurst ?? 5
-  const minPublishGapMs = init.minPublishGapMs ?? 200
+  // Our own publishes never exceed the rate peers allow us, however fast our state changes.
+  const minPublishGapMs = Math.max(init.minPublishGapMs ?? 500, 1000 / ratePerSecond)
+  // How far past an empty bucket an origin may go before it counts as flooding.
+  const floodMargin = 2 * rateBurst
   const maxPeers = init.maxPeers ?? 4096
 
   const entries = new Map<string, CapacityEntry>()
   const buckets = new Map<string, { tokens: number; at: number }>()
   const listeners = new Set<(view: CapacityEntry[]) => void>()
-  const stats: CapacityGossipStats = { published: 0, accepted: 0, rejected: 0, rateLimited: 0, overflow: 0 }
+  const stats: CapacityGossipStats = {
+    published: 0,
+    accepted: 0,
+    rejected: 0,
+    rateLimited: 0,
+    flooded: 0,
+    overflow: 0,
+  }
   let interval: NodeJS.Timeout | undefined
   let pending: NodeJS.Timeout | undefined
   let lastPublish = 0
@@ -93,7 +107,8 @@ export function createCapacityGossip(
     for (const listener of listeners) listener(snapshot)
   }
 
-  const allow = (peer: string, now: number): boolean => {
+  /** 'ok' takes a token; 'over' is past the rate; 'flood' is far past it (the debt keeps growing). */
+  const allow = (peer: string, now: number): 'ok' | 'over' | 'flood' => {
     const bucket = buckets.get(peer) ?? { tokens: rateBurst, at: now }
     bucket.tokens = Math.min(rateBurst, bucket.tokens + ((now - bucket.at) / 1000) * ratePerSecond)
     bucket.at = now
@@ -102,9 +117,10 @@ export function createCapacityGossip(
     buckets.delete(peer)
     buckets.set(peer, bucket)
     if (buckets.size > 4 * maxPeers) buckets.delete(buckets.keys().next().value ?? '')
-    if (bucket.tokens < 1) return false
-    bucket.tokens -= 1
-    return true
+    // The debt is capped so a flooder that stops is forgiven at the normal refill rate.
+    bucket.tokens = Math.max(bucket.tokens - 1, -floodMargin - 1)
+    if (bucket.tokens >= 0) return 'ok'
+    return bucket.tokens < -floodMargin ? 'flood' : 'over'
   }
 
   const validate = (_from: unknown, msg: Message): TopicValidatorResult => {
@@ -115,11 +131,14 @@ export function createCapacityGossip(
     }
     const source = msg.from.toString()
     const now = Date.now()
-    if (!allow(source, now)) {
-      // Ignore, not Reject: an honest relay of a burst should not lose score, but the
-      // excess is neither delivered nor forwarded.
+    const rate = allow(source, now)
+    if (rate !== 'ok') {
       stats.rateLimited++
-      return TopicValidatorResult.Ignore
+      // Ignore, not Reject, just over the rate: an honest relay of a burst should not lose
+      // score, but the excess is neither delivered nor forwarded.
+      if (rate === 'over') return TopicValidatorResult.Ignore
+      stats.flooded++
+      return TopicValidatorResult.Reject
     }
     let record: CapacityRecord
     let expires: number
@@ -199,7 +218,7 @@ export function createCapacityGossip(
       pubsub.subscribe(CAPACITY_TOPIC)
       interval = setInterval(() => {
         pruneStale()
-        void publish()
+        schedulePublish()
       }, publishIntervalMs)
       interval.unref()
       schedulePublish()

@@ -73,7 +73,9 @@ export interface JobRequesterInit {
   dialTimeoutMs?: number
   /** How long a worker may take to admit or refuse a manifest. */
   admissionTimeoutMs?: number
-  /** Longest silence between two frames before the worker counts as stalled (covers a model load). */
+  /** How long an admitted job may take to its first frame: covers the worker loading the model. */
+  firstTokenTimeoutMs?: number
+  /** Longest silence between two frames after the first before the worker counts as stalled. */
   stallTimeoutMs?: number
 }
 
@@ -110,7 +112,8 @@ export function createJobRequester(
   const libp2p = components.mesh.libp2p
   const dialTimeoutMs = init.dialTimeoutMs ?? 10_000
   const admissionTimeoutMs = init.admissionTimeoutMs ?? 10_000
-  const stallTimeoutMs = init.stallTimeoutMs ?? 60_000
+  const stallTimeoutMs = init.stallTimeoutMs ?? 30_000
+  const firstTokenTimeoutMs = Math.max(init.firstTokenTimeoutMs ?? 60_000, stallTimeoutMs)
   const countersignedListeners = new Set<(job: CountersignedJob) => void>()
 
   async function* stream(
@@ -159,8 +162,11 @@ export function createJobRequester(
         throw new SubstrateError('E_PROTOCOL', `worker ${worker} answered the manifest with ${first.t}`)
       }
       let text = ''
-      for (;;) {
-        const frame = await ch.read({ timeoutMs: stallTimeoutMs, signal })
+      for (let frames = 0; ; frames++) {
+        const frame = await ch.read({
+          timeoutMs: frames === 0 ? firstTokenTimeoutMs : stallTimeoutMs,
+          signal,
+        })
         if (frame.t === 'token') {
           text += frame.text
           if (text.length > maxOutputChars) {

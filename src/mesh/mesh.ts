@@ -2,8 +2,10 @@
 // host, capacity gossip, model providers and the job protocol from the daemon's identity,
 // model store and runtime, and derives this node's capacity record from them. `generate`
 // runs a job on the best peer that will take it, moving on when a peer refuses or is
-// unreachable before the first token, and when one dies mid-stream it resumes on the next
-// with what was already received (prefix continuation, see continuation.ts).
+// unreachable before the first token, and when one dies or stalls mid-stream it resumes on
+// the next with what was already received (prefix continuation, see continuation.ts). What
+// each worker did to our jobs feeds its standing (worker-standing.ts), which the next pick
+// uses; when every holder is full or busy it waits, bounded, for a slot instead of failing.
 
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import type { ReplayGuard } from '../identity/envelope.ts'
@@ -12,7 +14,12 @@ import type { Logger } from '../logger.ts'
 import { normalizeModelName } from '../models/store.ts'
 import type { ModelStore } from '../models/types.ts'
 import type { Runtime } from '../runtime/runtime.ts'
-import { type CapacityGossip, type CapacityGossipInit, createCapacityGossip } from './capacity-gossip.ts'
+import {
+  type CapacityGossip,
+  type CapacityGossipInit,
+  type CapacityGossipStats,
+  createCapacityGossip,
+} from './capacity-gossip.ts'
 import type { CapacitySnapshot } from './capacity-record.ts'
 import { continuation } from './continuation.ts'
 import {
@@ -27,8 +34,15 @@ import {
 import { createMeshNode, type MeshNode, type MeshNodeInit } from './libp2p-node.ts'
 import { createModelProviders, type ModelProviders } from './model-providers.ts'
 import { createPeerLatency } from './peer-latency.ts'
-import { pickWorkers } from './pick-worker.ts'
+import { type PickOptions, pickWorkers } from './pick-worker.ts'
 import { createRuntimeJobRunner } from './runtime-job.ts'
+import {
+  createWorkerStanding,
+  outcomeOf,
+  type PeerStanding,
+  type WorkerStanding,
+  type WorkerStandingInit,
+} from './worker-standing.ts'
 
 export interface MeshComponents {
   identity: Identity
@@ -52,6 +66,15 @@ export interface MeshInit {
    * E_SANDBOX_UNAVAILABLE, and can still send its own jobs to peers.
    */
   refuseJobs?: string
+  scheduler?: SchedulerInit
+}
+
+export interface SchedulerInit extends WorkerStandingInit {
+  /**
+   * How long a job may wait, in all, for a slot when every peer holding the model is full or
+   * refused as busy, before it fails with the last refusal.
+   */
+  busyWaitMs?: number
 }
 
 export interface Mesh {
@@ -74,8 +97,17 @@ export interface Mesh {
    * peers' claims: when peers disagree, the digest most of them offer wins.
    */
   findRemoteModel(nameOrDigest: string): RemoteModel | undefined
+  /** Capacity gossip counters and gossipsub's score of each connected peer. */
+  gossip(): CapacityGossipStats & { scores: Array<{ id: string; score: number }> }
+  /** What our jobs taught us about a peer as a worker: in flight, penalty, successes, failures. */
+  standing(peer: string): PeerStanding
   /** Runs a job on the first candidate that admits it; events as Runtime.generate() plus the receipt. */
-  generate(request: JobRequest, options?: JobRequestOptions): AsyncGenerator<MeshJobEvent>
+  generate(request: JobRequest, options?: MeshGenerateOptions): AsyncGenerator<MeshJobEvent>
+}
+
+export interface MeshGenerateOptions extends JobRequestOptions {
+  /** Overrides SchedulerInit.busyWaitMs for this job; 0 fails at once when every holder is full. */
+  busyWaitMs?: number
 }
 
 export interface RemoteModel {
@@ -93,6 +125,10 @@ const RETRYABLE = new Set([
   'E_PEER_GONE',
   'E_PEER_TIMEOUT',
   'E_PROTOCOL',
+  'E_RECEIPT_INVALID',
+  'E_SANDBOX_UNAVAILABLE',
+  // From the worker (it is stopping); our own cancel is told apart by the signal.
+  'E_CANCELLED',
 ])
 
 export async function createMesh(components: MeshComponents, init: MeshInit = {}): Promise<Mesh> {
@@ -161,8 +197,16 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
 
   // Round trips to connected peers, for ranking (nearer first among equals) and `substrate peers`.
   const latency = createPeerLatency({ mesh: node, capacity })
-  const candidates = (digest: string) =>
-    pickWorkers(capacity.view(), digest, { latencyMs: latency.latencyMs })
+  const standing: WorkerStanding = createWorkerStanding(init.scheduler)
+  const busyWaitMs = init.scheduler?.busyWaitMs ?? 10_000
+  const pickOptions = (exclude?: ReadonlySet<string>): PickOptions => ({
+    ...(exclude === undefined ? {} : { exclude }),
+    latencyMs: latency.latencyMs,
+    inFlight: standing.inFlight,
+    maxInFlightPerPeer: standing.maxInFlightPerPeer,
+    penalty: standing.penalty,
+  })
+  const candidates = (digest: string) => pickWorkers(capacity.view(), digest, pickOptions())
 
   const remoteModels = (): RemoteModel[] => {
     const byDigest = new Map<string, RemoteModel>()
@@ -192,25 +236,42 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
 
   async function* generate(
     request: JobRequest,
-    options: JobRequestOptions = {},
+    options: MeshGenerateOptions = {},
   ): AsyncGenerator<MeshJobEvent> {
+    const { signal } = options
+    // Peers that failed this request are not asked again; those that were only busy may be.
     const tried = new Set<string>()
+    const busy = new Set<string>()
+    const waitUntil = Date.now() + (options.busyWaitMs ?? busyWaitMs)
+    let waits = 0
+    let sawFull = false
     let lastError: SubstrateError | undefined
     // What earlier workers streamed before they failed: the next one continues from it.
     let received = ''
     let receivedTokens = 0
     for (;;) {
-      const worker = pickWorkers(capacity.view(), request.model, {
-        exclude: tried,
-        latencyMs: latency.latencyMs,
-      })[0]
-      if (worker === undefined) break
+      const view = capacity.view()
+      const worker = pickWorkers(view, request.model, pickOptions(tried))[0]
+      if (worker === undefined) {
+        // Every holder is full (or refused as busy): wait for a slot, bounded, rather than fail
+        // a request the mesh could serve in a moment.
+        const full = pickWorkers(view, request.model, { ...pickOptions(tried), includeFull: true })
+        if (full.length === 0 && busy.size === 0) break
+        sawFull = true
+        if (Date.now() >= waitUntil || signal?.aborted === true) break
+        const ms = Math.min(100 * 2 ** waits++, 1_000, waitUntil - Date.now())
+        await standing.released(ms, signal)
+        for (const peer of busy) tried.delete(peer)
+        busy.clear()
+        continue
+      }
       tried.add(worker)
       const attempt = received === '' ? request : continuation(request, received, receivedTokens)
       if (attempt === undefined) break
       const tokensBefore = receivedTokens
+      const release = standing.begin(worker)
       try {
-        for await (const ev of jobs.stream(worker, attempt, options)) {
+        for await (const ev of jobs.stream(worker, attempt, signal === undefined ? {} : { signal })) {
           if (ev.type === 'token') {
             received += ev.text
             // A worker that does not count tokens is taken at one per frame: an undercount,
@@ -218,6 +279,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
             receivedTokens += ev.tokens ?? 1
             yield ev
           } else {
+            standing.record(worker, 'success')
             const stats = { ...ev.stats, outputTokens: ev.stats.outputTokens + tokensBefore }
             yield { ...ev, stats, ...(tokensBefore > 0 ? { resumedAfterTokens: tokensBefore } : {}) }
           }
@@ -225,7 +287,11 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
         return
       } catch (err) {
         const error = toSubstrateError(err)
-        if (!RETRYABLE.has(error.code) || options.signal?.aborted === true) throw error
+        if (signal?.aborted === true) throw error
+        const outcome = outcomeOf(error.code)
+        if (outcome !== undefined) standing.record(worker, outcome)
+        if (!RETRYABLE.has(error.code)) throw error
+        if (error.code === 'E_WORKER_BUSY') busy.add(worker)
         if (received === '')
           log.info('worker did not take the job; trying the next', { worker, code: error.code })
         else
@@ -235,7 +301,15 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
             receivedTokens,
           })
         lastError = error
+      } finally {
+        release()
       }
+    }
+    if (signal?.aborted === true) throw new SubstrateError('E_CANCELLED', 'job cancelled')
+    if (lastError === undefined && sawFull) {
+      throw new SubstrateError('E_WORKER_BUSY', `every peer holding model ${request.model} is busy`, {
+        hint: 'try again in a moment',
+      })
     }
     throw (
       lastError ??
@@ -270,6 +344,17 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
       provideAll()
     },
     latencyMs: latency.latencyMs,
+    standing: (peer) => standing.standing(peer),
+    gossip() {
+      const pubsub = node.libp2p.services.pubsub
+      // The GossipSub class has getScore; its exported interface does not declare it.
+      const score = (pubsub as unknown as { getScore?: (peer: string) => number }).getScore
+      const scores = pubsub.getPeers().map((id) => ({
+        id: id.toString(),
+        score: Math.round((score?.call(pubsub, id.toString()) ?? 0) * 100) / 100,
+      }))
+      return { ...capacity.stats(), scores }
+    },
     candidates,
     remoteModels,
     findRemoteModel,

@@ -114,6 +114,11 @@ describe('capacity gossip over three real nodes', () => {
     )
     const after = gossips[1]!.stats()
     assert.ok(after.accepted - before.accepted < 15, `accepted ${after.accepted - before.accepted} of 30`)
+    // Far past the rate it is a flood: rejected, so gossipsub scores the flooder down.
+    await waitFor(() => gossips[1]!.stats().flooded > before.flooded, 'B to reject the flood', 3_000)
+    // gossipsub caches scores for a moment.
+    const pubsub = peers[1]!.mesh.libp2p.services.pubsub as unknown as { getScore(p: string): number }
+    await waitFor(() => pubsub.getScore(flooder.identity.id) < 0, "the flooder's score to go negative", 3_000)
   })
 
   test('a peer that goes quiet leaves the views once stale', async () => {

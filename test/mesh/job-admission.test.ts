@@ -59,7 +59,11 @@ describe('job admission refuses bad manifests with typed errors', () => {
       runJob: fakeRunJob(probe),
     })
     worker = createJobProtocol(components(peers[0]!), { manifestTimeoutMs: 500 })
-    requester = createJobProtocol(components(peers[1]!), { admissionTimeoutMs: 2_000, stallTimeoutMs: 2_000 })
+    requester = createJobProtocol(components(peers[1]!), {
+      admissionTimeoutMs: 2_000,
+      stallTimeoutMs: 2_000,
+      firstTokenTimeoutMs: 2_000,
+    })
     await worker.start()
     await requester.start()
     await peers[1]!.mesh.dial(peers[2]!.mesh.multiaddrs()[0]!, 5_000)

@@ -59,7 +59,11 @@ describe('job protocol between two real nodes', () => {
       countersignTimeoutMs: 2_000,
       queueTimeoutMs: 500,
     })
-    requester = createJobProtocol(components(r), { stallTimeoutMs: 1_000, admissionTimeoutMs: 2_000 })
+    requester = createJobProtocol(components(r), {
+      stallTimeoutMs: 1_000,
+      firstTokenTimeoutMs: 1_000,
+      admissionTimeoutMs: 2_000,
+    })
     await worker.start()
     await requester.start()
     worker.onJobEnd((o) => outcomes.push(o))

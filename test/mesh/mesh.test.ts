@@ -3,6 +3,7 @@
 
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { generateIdentity } from '../../src/identity/keys.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { createMesh, type Mesh } from '../../src/mesh/mesh.ts'
@@ -34,14 +35,33 @@ interface FakeDaemon {
   models: ModelRecord[]
   loaded: string[]
   served: number
+  /** How long each job takes before its token; most jobs answer at once. */
+  delayMs: number
+  running: number
+  maxRunning: number
 }
 
 async function startDaemon(models: ModelRecord[], loaded: string[]): Promise<FakeDaemon> {
   const identity = generateIdentity()
-  const daemon: FakeDaemon = { id: identity.id, models, loaded, served: 0, mesh: undefined as never }
+  const daemon: FakeDaemon = {
+    id: identity.id,
+    models,
+    loaded,
+    served: 0,
+    delayMs: 0,
+    running: 0,
+    maxRunning: 0,
+    mesh: undefined as never,
+  }
   const runtime = {
     async *generate(req: GenerateRequest): AsyncGenerator<RuntimeEvent> {
       daemon.served++
+      daemon.maxRunning = Math.max(daemon.maxRunning, ++daemon.running)
+      try {
+        if (daemon.delayMs > 0) await sleep(daemon.delayMs)
+      } finally {
+        daemon.running--
+      }
       yield { type: 'token', text: `${req.model.name} from ${identity.id.slice(-6)}` }
       const stats = { reason: 'stop' as const, promptTokens: 2, outputTokens: 3, promptEvalMs: 1, evalMs: 10 }
       yield { type: 'done', stats, loadMs: 0, totalMs: 1 }
@@ -125,6 +145,34 @@ describe('the mesh layer of three daemons', () => {
       assert.equal(done.worker, daemons[1]!.id)
     } finally {
       daemons[0]!.models = [tiny]
+    }
+    // A refused a job its record offered: until that fades or it serves us, B goes first.
+    const served = daemons[0]!.served
+    const next = await collectDone(daemons[2]!.mesh)
+    assert.equal(next.worker, daemons[1]!.id, 'the peer that refused ranks lower for a while')
+    assert.equal(daemons[0]!.served, served)
+    assert.equal(daemons[2]!.mesh.standing(daemons[0]!.id).lastOutcome, 'refused')
+  })
+
+  test('more jobs than free slots: none is sent to a full peer, the extra one waits for a slot and runs', async () => {
+    for (const d of daemons.slice(0, 2)) d.delayMs = 400
+    try {
+      const requester = daemons[2]!.mesh
+      const before = daemons.map((d) => requester.standing(d.id).failures)
+      const done = await Promise.all([1, 2, 3].map(() => collectDone(requester)))
+      const workers = done.map((d) => d.worker)
+      assert.ok(workers.includes(daemons[0]!.id) && workers.includes(daemons[1]!.id), workers.join())
+      // Each worker has one slot: the requester never sent a second job to a busy one, so
+      // no refusal was needed (none counted against either).
+      assert.equal(daemons[0]!.maxRunning, 1)
+      assert.equal(daemons[1]!.maxRunning, 1)
+      assert.deepEqual(
+        daemons.map((d) => requester.standing(d.id).failures),
+        before,
+        'no busy refusals',
+      )
+    } finally {
+      for (const d of daemons) d.delayMs = 0
     }
   })
 

@@ -276,6 +276,7 @@ describe('mesh config', () => {
       bootstrap: [],
       mdns: false,
       jobSlots: 2,
+      stallTimeout: 30_000,
     })
   })
 
@@ -286,6 +287,7 @@ describe('mesh config', () => {
       SUBSTRATE_MDNS: 'yes',
       SUBSTRATE_MESH: 'off',
       SUBSTRATE_JOB_SLOTS: '3',
+      SUBSTRATE_MESH_STALL_TIMEOUT: '1.5s',
     }
     const config = loadConfig({ env, home: homeWith() })
     assert.deepEqual(config.mesh.listen, ['/ip4/0.0.0.0/tcp/4435', '/ip6/::/tcp/4435'])
@@ -296,6 +298,7 @@ describe('mesh config', () => {
     assert.equal(config.mesh.mdns, true)
     assert.equal(config.mesh.enabled, false)
     assert.equal(config.mesh.jobSlots, 3)
+    assert.equal(config.mesh.stallTimeout, 1_500)
     assert.equal(sourceOf(config, 'mesh.bootstrap'), 'env')
   })
 
@@ -331,6 +334,18 @@ describe('mesh config', () => {
       'E_CONFIG',
       'SUBSTRATE_MDNS: mesh.mdns must be true or false',
     )
+  })
+
+  test('a stall timeout must be a duration of at least 100ms', () => {
+    for (const bad of ['0', '-1', '50ms', 'soon']) {
+      rejects(
+        () => loadConfig({ env: { SUBSTRATE_MESH_STALL_TIMEOUT: bad }, home: homeWith() }),
+        'E_CONFIG',
+        'SUBSTRATE_MESH_STALL_TIMEOUT: mesh.stallTimeout must be a duration of at least 100ms',
+      )
+    }
+    const config = loadConfig({ env: {}, home: homeWith(), flags: { 'mesh-stall-timeout': '2m' } })
+    assert.equal(config.mesh.stallTimeout, 120_000)
   })
 })
 
