@@ -24,6 +24,7 @@ import {
 } from '../helpers/daemon-process.ts'
 
 const MODEL = 'remote-tiny'
+const STALL_MS = 1_500
 const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
 interface Served {
@@ -79,7 +80,12 @@ describe('a three-daemon mesh on loopback', () => {
   before(async () => {
     first = await startDaemonProcess()
     const bootstrap = ['--bootstrap', first.meshAddrs[0]!]
-    ;[second, requester] = await Promise.all([startDaemonProcess(bootstrap), startDaemonProcess(bootstrap)])
+    // A short stall timeout on the requester so the stall test is quick; the wait for a first
+    // token (a model load) keeps its own 60 s bound.
+    ;[second, requester] = await Promise.all([
+      startDaemonProcess(bootstrap),
+      startDaemonProcess([...bootstrap, '--mesh-stall-timeout', `${STALL_MS}ms`]),
+    ])
     workers = [first, second]
     await Promise.all(workers.map((w) => importModel(w, MODEL)))
     await untilOffered(requester, MODEL, 2)
@@ -197,8 +203,27 @@ describe('a three-daemon mesh on loopback', () => {
     assert.equal(models.find((m) => m.name === 'substrate-tiny:latest')?.remote, true, 'not made again here')
   })
 
-  test('a worker SIGKILLed mid-stream: the stream continues on the other, seamless and with every token', async (t) => {
-    const total = 1800
+  test('a worker that stalls mid-stream (SIGSTOP: connected, silent): after the stall timeout the stream continues on the other, seamless', async (t) => {
+    await loadOnWorkers()
+    const { victim, gapMs, served, resumedAfterTokens } = await streamThroughFault(1200, (w) =>
+      w.child.kill('SIGSTOP'),
+    )
+    try {
+      t.diagnostic(`failover after ${resumedAfterTokens} tokens; longest silence ${Math.round(gapMs)} ms`)
+      assert.ok(gapMs >= STALL_MS - 100, `the requester waited out the stall (${Math.round(gapMs)} ms)`)
+      assert.ok(gapMs < STALL_MS + 2_000, `the stream stalled ${Math.round(gapMs)} ms`)
+      assert.notEqual(served, victim.id)
+      // The stalled peer is in bad standing with the requester: its next jobs go elsewhere first.
+      const { peers } = await peersOf(requester)
+      const standing = peers.find((p) => p.id === victim.id)?.standing
+      assert.equal(standing?.lastOutcome, 'timeout', JSON.stringify(standing))
+      assert.ok((standing?.penalty ?? 0) >= 0.5, JSON.stringify(standing))
+    } finally {
+      victim.child.kill('SIGCONT')
+    }
+  })
+
+  async function loadOnWorkers(): Promise<void> {
     // Both workers have the model loaded, as the ranking prefers: what is measured is the
     // failover, not a model load (~3 s for this model in bwrap on a loaded 2-core box).
     await Promise.all(
@@ -210,7 +235,13 @@ describe('a three-daemon mesh on loopback', () => {
       ),
     )
     await untilOffered(requester, MODEL, 2)
-    const started = performance.now()
+  }
+
+  /**
+   * Streams `total` "tick tock" tokens through the requester, does `fault` to the worker that
+   * is generating once 100 words arrived, and checks the client saw one seamless answer.
+   */
+  async function streamThroughFault(total: number, fault: (worker: DaemonProcess) => void) {
     const res = await fetch(`${requester.url}/api/generate`, {
       method: 'POST',
       body: JSON.stringify({
@@ -223,9 +254,9 @@ describe('a three-daemon mesh on loopback', () => {
     })
     assert.equal(res.status, 200)
     let text = ''
-    let killedAt = 0
+    let faultAt = 0
     let lastChunkAt = 0
-    // The longest silence between two chunks after the kill: how long the user waited.
+    // The longest silence between two chunks after the fault: how long the user waited.
     let gapMs = 0
     let victim: DaemonProcess | undefined
     let final: Record<string, unknown> | undefined
@@ -236,15 +267,15 @@ describe('a three-daemon mesh on loopback', () => {
         break
       }
       const now = performance.now()
-      if (killedAt > 0) gapMs = Math.max(gapMs, now - Math.max(lastChunkAt, killedAt))
+      if (faultAt > 0) gapMs = Math.max(gapMs, now - Math.max(lastChunkAt, faultAt))
       lastChunkAt = now
       text += String(chunk.response)
       if (victim === undefined && text.split(' ').length > 100) {
         const busy = await Promise.all(workers.map(activeRunners))
         victim = workers[busy.findIndex((n) => n > 0)]
         assert.ok(victim, 'one worker is generating')
-        victim.child.kill('SIGKILL')
-        killedAt = performance.now()
+        fault(victim)
+        faultAt = performance.now()
       }
     }
     assert.ok(victim !== undefined && final !== undefined, 'the stream ended with a done chunk')
@@ -258,11 +289,20 @@ describe('a three-daemon mesh on loopback', () => {
     assert.equal(words.length, total, 'every token the client asked for arrived')
     assert.equal(final.eval_count, total)
     const served = final.substrate as Served
-    assert.notEqual(served.worker, victim.id)
     assert.ok((served.resumedAfterTokens ?? 0) > 100, JSON.stringify(served))
     assert.equal(served.receipt.outputTokens, total - served.resumedAfterTokens!)
+    return { victim, gapMs, served: served.worker, resumedAfterTokens: served.resumedAfterTokens }
+  }
+
+  test('a worker SIGKILLed mid-stream: the stream continues on the other, seamless and with every token', async (t) => {
+    await loadOnWorkers()
+    const started = performance.now()
+    const { victim, gapMs, served, resumedAfterTokens } = await streamThroughFault(1800, (w) =>
+      w.child.kill('SIGKILL'),
+    )
+    assert.notEqual(served, victim.id)
     t.diagnostic(
-      `failover after ${served.resumedAfterTokens} tokens; longest silence after the kill ${Math.round(gapMs)} ms; ${Math.round(performance.now() - started)} ms in all`,
+      `failover after ${resumedAfterTokens} tokens; longest silence after the kill ${Math.round(gapMs)} ms; ${Math.round(performance.now() - started)} ms in all`,
     )
     assert.ok(gapMs < 2_000, `the stream stalled ${Math.round(gapMs)} ms`)
     workers = workers.filter((w) => w !== victim)

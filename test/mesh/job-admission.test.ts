@@ -58,7 +58,8 @@ describe('job admission refuses bad manifests with typed errors', () => {
       hasModel: (digest: string) => digest === MODEL_DIGEST,
       runJob: fakeRunJob(probe),
     })
-    worker = createJobProtocol(components(peers[0]!), { manifestTimeoutMs: 500 })
+    // Long enough that a loaded machine delivers a manifest in time, short for the test that sends none.
+    worker = createJobProtocol(components(peers[0]!), { manifestTimeoutMs: 1_500 })
     requester = createJobProtocol(components(peers[1]!), {
       admissionTimeoutMs: 2_000,
       stallTimeoutMs: 2_000,
