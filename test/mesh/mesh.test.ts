@@ -159,6 +159,13 @@ describe('the mesh layer of three daemons', () => {
     try {
       const requester = daemons[2]!.mesh
       const before = daemons.map((d) => requester.standing(d.id).failures)
+      // A's store changed during the refusal test; its record must offer the model again.
+      daemons[0]!.mesh.modelsChanged()
+      await waitFor(
+        () => requester.candidates(MODEL_DIGEST).length === 2,
+        'both workers offering the model with a free slot',
+        5_000,
+      )
       const done = await Promise.all([1, 2, 3].map(() => collectDone(requester)))
       const workers = done.map((d) => d.worker)
       assert.ok(workers.includes(daemons[0]!.id) && workers.includes(daemons[1]!.id), workers.join())
