@@ -64,13 +64,6 @@ async function untilOffered(d: DaemonProcess, name: string, count: number): Prom
   })
 }
 
-async function activeRunners(d: DaemonProcess): Promise<number> {
-  const res = await fetch(`${d.url}/substrate/v1/runners`).catch(() => undefined)
-  if (res === undefined) return 0
-  const { runners } = (await res.json()) as { runners: Array<{ active: number }> }
-  return runners.reduce((n, r) => n + r.active, 0)
-}
-
 describe('a three-daemon mesh on loopback', () => {
   let first: DaemonProcess
   let second: DaemonProcess
@@ -271,8 +264,12 @@ describe('a three-daemon mesh on loopback', () => {
       lastChunkAt = now
       text += String(chunk.response)
       if (victim === undefined && text.split(' ').length > 100) {
-        const busy = await Promise.all(workers.map(activeRunners))
-        victim = workers[busy.findIndex((n) => n > 0)]
+        // The worker with our job in flight, as the requester's scheduler counts it (a runner
+        // can be busy on another worker for other reasons, e.g. spot-checking a receipt).
+        const { peers } = await peersOf(requester)
+        const serving = peers.filter((p) => (p.standing?.inFlight ?? 0) > 0).map((p) => p.id)
+        assert.equal(serving.length, 1, `one worker runs the job: ${serving.join()}`)
+        victim = workers.find((w) => w.id === serving[0])
         assert.ok(victim, 'one worker is generating')
         fault(victim)
         faultAt = performance.now()
