@@ -69,6 +69,8 @@ export interface FrameChannel<In, Out> {
 /** How a channel names its frames in errors: `job` for `/substrate/job/1`. */
 export interface FrameChannelOptions {
   label?: string
+  /** Unread bytes buffered before the stream is reset (lpStream's default: 4 MiB). */
+  maxBufferBytes?: number
 }
 
 const ERRORS_TOO_LARGE = new Set(['InvalidDataLengthError', 'InvalidDataLengthLengthError'])
@@ -79,7 +81,10 @@ export function frameChannel<In, Out>(
   maxFrameBytes: number,
   options: FrameChannelOptions = {},
 ): FrameChannel<In, Out> {
-  const lp = lpStream(stream, { maxDataLength: maxFrameBytes })
+  const lp = lpStream(stream, {
+    maxDataLength: maxFrameBytes,
+    ...(options.maxBufferBytes === undefined ? {} : { maxBufferSize: options.maxBufferBytes }),
+  })
   const peer = () => stream.id
   const label = options.label ?? 'job'
   let bytesRead = 0

@@ -12,15 +12,24 @@ import { z } from 'zod'
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import type { Db } from '../store/database.ts'
+import * as manifests from '../store/manifests-table.ts'
 import * as table from '../store/models-table.ts'
 import { BUILTIN_MODEL_NAMES, type BuiltinModelName, writeBuiltinModel } from './builtin.ts'
+import { type ChunkManifest, computeManifest, encodeManifest, manifestCid } from './chunk-manifest.ts'
 import { readModelDetails } from './gguf-info.ts'
 import { createModelPolicy, type ModelPolicyInit } from './policy.ts'
 import { createHttpFetcher, type DownloadInit, progressReporter } from './pull.ts'
 import { isSourceRef, sourceFor } from './sources/index.ts'
 import type { BlobFetcher, ModelSource, PullPlan } from './sources/plan.ts'
 import { createUrlSource } from './sources/url.ts'
-import type { ModelExtras, ModelRecord, ModelStore, ProgressListener } from './types.ts'
+import type {
+  ModelBlobs,
+  ModelExtras,
+  ModelRecord,
+  ModelStore,
+  ProgressListener,
+  StoredManifest,
+} from './types.ts'
 import { type OpenWritable, openWritableFile } from './writable.ts'
 
 export interface ModelStoreInit {
@@ -35,7 +44,7 @@ export interface ModelStoreInit {
   policy?: ModelPolicyInit
 }
 
-export interface ManagedModelStore extends ModelStore {
+export interface ManagedModelStore extends ModelStore, ModelBlobs {
   start(): Promise<void>
   stop(): Promise<void>
 }
@@ -132,12 +141,17 @@ export function createModelStore(
   }
 
   /** Points `name` at a stored blob; the blob the name pointed at before goes if now unused. */
-  async function pointName(name: string, blob: { digest: string; size: number; detailsJson: string }) {
+  async function pointName(
+    name: string,
+    blob: { digest: string; size: number; detailsJson: string },
+    manifest?: manifests.ManifestRow,
+  ) {
     const replaced = table.getModel(db, name)
     db.transaction(() => {
       const path = blobRelPath(blob.digest.slice('sha256:'.length))
       const modifiedAt = new Date().toISOString()
       table.insertBlob(db, { digest: blob.digest, size: blob.size, path, createdAt: modifiedAt })
+      if (manifest !== undefined) manifests.putManifest(db, manifest)
       table.upsertModel(db, {
         name,
         digest: blob.digest,
@@ -167,6 +181,8 @@ export function createModelStore(
       onProgress?: ProgressListener | undefined
       source?: string
       extras?: ModelExtras | undefined
+      /** Already checked against the file (a peer pull); computed here otherwise. */
+      manifest?: ChunkManifest | undefined
     },
   ): Promise<ModelRecord> {
     const digest = `sha256:${meta.sha256}`
@@ -178,6 +194,10 @@ export function createModelStore(
         ...(meta.source === undefined ? {} : { source: meta.source }),
         ...(meta.extras === undefined ? {} : { extras: meta.extras }),
       }
+      // Computed once here, so serving the model to peers never re-hashes it.
+      const manifest = await manifestRow(
+        meta.manifest ?? (await computeManifest(file, { expectedDigest: digest })),
+      )
       const record = await serialized(async () => {
         const blobPath = join(dir, blobRelPath(meta.sha256))
         const onDisk = await stat(blobPath).catch(() => undefined)
@@ -185,7 +205,11 @@ export function createModelStore(
           await rename(file, blobPath)
           await syncDir(blobsDir)
         }
-        return pointName(meta.name, { digest, size: meta.size, detailsJson: JSON.stringify(details) })
+        return pointName(
+          meta.name,
+          { digest, size: meta.size, detailsJson: JSON.stringify(details) },
+          manifest,
+        )
       })
       meta.onProgress?.({ status: 'success', digest })
       logger.info('model stored', { name: meta.name, digest, size: meta.size, source: meta.source })
@@ -260,6 +284,37 @@ export function createModelStore(
     } finally {
       await rm(tmp, { force: true })
     }
+  }
+
+  async function manifestRow(m: ChunkManifest): Promise<manifests.ManifestRow> {
+    const bytes = encodeManifest(m)
+    return { digest: m.digest, cid: await manifestCid(bytes), chunkSize: m.chunkSize, bytes }
+  }
+
+  // Blobs stored before manifests existed get theirs on first request, once.
+  const computing = new Map<string, Promise<StoredManifest | undefined>>()
+  async function manifestOf(digest: string): Promise<StoredManifest | undefined> {
+    const row = manifests.getManifest(db, digest)
+    if (row !== undefined) return { digest, cid: row.cid, bytes: row.bytes }
+    const blob = table.getBlob(db, digest)
+    if (blob === undefined) return undefined
+    let pending = computing.get(digest)
+    if (pending === undefined) {
+      pending = (async () => {
+        const computed = await manifestRow(
+          await computeManifest(join(dir, blob.path), { expectedDigest: digest }),
+        )
+        // The blob may have been removed while it was hashed: the row then has nothing to point at.
+        const stored = db.transaction(() => {
+          if (table.getBlob(db, digest) === undefined) return false
+          manifests.putManifest(db, computed)
+          return true
+        })
+        return stored ? { digest, cid: computed.cid, bytes: computed.bytes } : undefined
+      })().finally(() => computing.delete(digest))
+      computing.set(digest, pending)
+    }
+    return pending
   }
 
   async function resolveName(input: string): Promise<ModelRecord> {
@@ -445,6 +500,24 @@ export function createModelStore(
 
   return {
     list: () => table.listModels(db).map(toRecord),
+    tmpDir,
+    manifest: manifestOf,
+    blobPath(digest) {
+      const blob = table.getBlob(db, digest)
+      return blob === undefined || table.countModelsUsingBlob(db, digest) === 0
+        ? undefined
+        : join(dir, blob.path)
+    },
+    async adoptFile(file, meta) {
+      await ready()
+      const name = normalizeModelName(meta.name)
+      return commitFile(file, {
+        ...meta,
+        name,
+        sha256: meta.manifest.digest.slice('sha256:'.length),
+        size: meta.manifest.size,
+      })
+    },
     resolve: resolveName,
     importFile,
     pull,

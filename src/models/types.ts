@@ -1,5 +1,7 @@
 // The model store's public shape, shared by the runtime, the API and the CLI.
 
+import type { ChunkManifest } from './chunk-manifest.ts'
+
 export interface ModelDetails {
   format: 'gguf'
   architecture: string
@@ -64,4 +66,30 @@ export interface ModelStore {
   remove(name: string): Promise<void>
   /** Calls `listener` after a model was added, re-pointed or removed; returns the unsubscribe. */
   onChange?(listener: () => void): () => void
+}
+
+export interface StoredManifest {
+  digest: string
+  /** CID of the manifest bytes */
+  cid: string
+  /** DAG-CBOR, as served to peers */
+  bytes: Uint8Array
+}
+
+/** What peer transfer needs from the store: held blobs, their manifests, and a way in. */
+export interface ModelBlobs {
+  /** The store's scratch directory; a file adopted from here is moved, not copied. */
+  readonly tmpDir: string
+  /** The chunk manifest of a held blob (computed and stored on first request if missing). */
+  manifest(digest: string): Promise<StoredManifest | undefined>
+  /** The path of a blob some model name points at, or undefined. */
+  blobPath(digest: string): string | undefined
+  /**
+   * Moves a complete, already verified file (inside tmpDir) into the store under `name`;
+   * the manifest is stored with it. `file` is gone afterwards, stored or not.
+   */
+  adoptFile(
+    file: string,
+    meta: { name: string; manifest: ChunkManifest; label: string; onProgress?: ProgressListener },
+  ): Promise<ModelRecord>
 }

@@ -73,4 +73,18 @@ export const migrations: readonly Migration[] = [
       ) STRICT;
     `,
   },
+  {
+    version: 3,
+    name: 'model chunk manifests',
+    // One manifest per blob; it goes when the blob's row goes, so a removed model's
+    // manifest can never be served.
+    up: `
+      CREATE TABLE model_manifests (
+        digest TEXT PRIMARY KEY REFERENCES blobs(digest) ON DELETE CASCADE,
+        cid TEXT NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        bytes BLOB NOT NULL
+      ) STRICT;
+    `,
+  },
 ]

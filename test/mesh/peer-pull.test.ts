@@ -1,0 +1,148 @@
+// Pulling a model from peers that misbehave: every holder is its own OS process on
+// loopback; the puller is a real libp2p node in this process.
+
+import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { after, before, describe, test } from 'node:test'
+import { CHUNK_SIZE } from '../../src/models/chunk-manifest.ts'
+import { openWritableFile } from '../../src/models/pull.ts'
+import { rejectsWith } from './helpers.ts'
+import { type Holder, randomFile, spawnHolder, startPuller, type TestPuller } from './transfer-helpers.ts'
+
+const CHUNKS = 6
+const sha256 = (bytes: Buffer) => `sha256:${createHash('sha256').update(bytes).digest('hex')}`
+
+describe('pulling a model from peers', () => {
+  let dir: string
+  let file: string
+  let original: Buffer
+  let digest: string
+  const holders: Holder[] = []
+  const pullers: TestPuller[] = []
+  const holder = async (config: Parameters<typeof spawnHolder>[0]) => {
+    const h = await spawnHolder(config)
+    holders.push(h)
+    return h
+  }
+  const puller = async (...args: Parameters<typeof startPuller>) => {
+    const p = await startPuller(...args)
+    pullers.push(p)
+    return p
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'substrate-peer-pull-'))
+    file = join(dir, 'model.bin')
+    await randomFile(file, CHUNKS * CHUNK_SIZE - 12_345)
+    original = await readFile(file)
+    digest = sha256(original)
+  })
+  after(async () => {
+    for (const h of holders) h.kill()
+    await Promise.all(pullers.map((p) => p.stop()))
+    await rm(dir, { recursive: true, force: true })
+  })
+
+  test('a holder that sends a corrupt chunk is dropped and banned; the chunk comes from another', async (t) => {
+    let at = performance.now()
+    const honest = await holder({ file })
+    const corrupt = await holder({ file, mode: 'corrupt' })
+    const p = await puller(join(dir, 'corrupt'), [corrupt, honest])
+    t.diagnostic(`setup ${(performance.now() - at).toFixed(0)} ms`)
+    at = performance.now()
+    const record = await p.puller.pull(digest, { name: 'm' })
+    t.diagnostic(`pull ${(performance.now() - at).toFixed(0)} ms`)
+    assert.deepEqual(await readFile(record.path), original)
+    const stats = p.puller.lastStats()!
+    assert.equal(stats.chunksFrom[corrupt.id], undefined, 'no chunk from the corrupt holder is kept')
+    assert.equal(stats.chunksFrom[honest.id], CHUNKS)
+    assert.match(stats.dropped[corrupt.id] ?? '', /does not match/)
+    assert.ok(p.puller.banned().has(corrupt.id))
+    assert.ok(!p.puller.banned().has(honest.id))
+  })
+
+  test('a holder that stalls is dropped after the stall timeout; the pull completes elsewhere', async () => {
+    // Slow enough that the stall timeout fires before the end game would route around it.
+    const honest = await holder({ file, bytesPerSecond: CHUNK_SIZE })
+    const staller = await holder({ file, mode: 'stall' })
+    const p = await puller(join(dir, 'stall'), [staller, honest], { stallTimeoutMs: 1_500 })
+    const started = performance.now()
+    const record = await p.puller.pull(digest, { name: 'm' })
+    assert.deepEqual(await readFile(record.path), original)
+    const stats = p.puller.lastStats()!
+    assert.match(stats.dropped[staller.id] ?? '', /in time|stalled/)
+    assert.ok(p.puller.banned().has(staller.id))
+    assert.ok(performance.now() - started < 20_000)
+  })
+
+  test('when every holder vanishes mid-transfer, a later pull fetches only the missing chunks', async () => {
+    const slow = [
+      await holder({ file, bytesPerSecond: CHUNK_SIZE }),
+      await holder({ file, bytesPerSecond: CHUNK_SIZE }),
+    ]
+    const sub = join(dir, 'vanish')
+    const first = await puller(sub, slow)
+    let killed = false
+    await assert.rejects(
+      first.puller.pull(digest, {
+        name: 'm',
+        onProgress(ev) {
+          // Kill both once at least two chunks are safely on disk.
+          if (!killed && (ev.completed ?? 0) >= 2 * CHUNK_SIZE) {
+            killed = true
+            for (const h of slow) h.kill()
+          }
+        },
+      }),
+      rejectsWith('E_PEER_GONE'),
+    )
+    const keptChunks = Object.values(first.puller.lastStats()!.chunksFrom).reduce((a, b) => a + b, 0)
+    assert.ok(keptChunks >= 2, `kept ${keptChunks} chunks`)
+    assert.equal(first.adopted.length, 0)
+
+    const fresh = await holder({ file })
+    const second = await puller(sub, [fresh])
+    const record = await second.puller.pull(digest, { name: 'm' })
+    assert.deepEqual(await readFile(record.path), original)
+    const stats = second.puller.lastStats()!
+    assert.equal(stats.resumedChunks, keptChunks, 'every chunk written before the crash is reused')
+    assert.equal(stats.chunksFrom[fresh.id], CHUNKS - keptChunks, 'only the missing chunks are fetched')
+    assert.deepEqual(await readdir(join(sub, 'tmp')), [], 'the partial and its state file are gone')
+  })
+
+  test('a manifest whose chunks do not add up to the file hash stores nothing and bans its senders', async () => {
+    const other = join(dir, 'other.bin')
+    await randomFile(other, 3 * CHUNK_SIZE)
+    const liar = await holder({ file: other, mode: 'lie', lieAbout: digest })
+    const sub = join(dir, 'lie')
+    const p = await puller(sub, [liar])
+    await assert.rejects(p.puller.pull(digest, { name: 'm' }), rejectsWith('E_CHECKSUM_MISMATCH'))
+    assert.equal(p.adopted.length, 0)
+    assert.ok(p.puller.banned().has(liar.id))
+    assert.deepEqual(await readdir(join(sub, 'tmp')), [])
+  })
+
+  test('a full disk fails with E_DISK_FULL and leaves no partial file behind', async () => {
+    const honest = await holder({ file })
+    const sub = join(dir, 'full')
+    let written = 0
+    const p = await puller(sub, [honest], {}, async (path, flags) => {
+      const real = await openWritableFile(path, flags)
+      return {
+        ...real,
+        async write(data, position) {
+          written += data.length
+          if (written > 2 * CHUNK_SIZE)
+            throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
+          return real.write(data, position)
+        },
+      }
+    })
+    await assert.rejects(p.puller.pull(digest, { name: 'm' }), rejectsWith('E_DISK_FULL'))
+    assert.equal(p.adopted.length, 0)
+    assert.deepEqual(await readdir(join(sub, 'tmp')), [])
+  })
+})
