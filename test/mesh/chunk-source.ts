@@ -3,8 +3,8 @@
 
 import { open } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { chunkRange, computeManifest, encodeManifest, readFully } from '../../src/models/chunk-manifest.ts'
 import type { ChunkSource } from '../../src/mesh/model-transfer.ts'
+import { chunkRange, computeManifest, encodeManifest, readFully } from '../../src/models/chunk-manifest.ts'
 
 export type HolderMode = 'honest' | 'corrupt' | 'stall' | 'lie'
 
