@@ -21,14 +21,9 @@ import {
   decodeManifest,
   readFully,
 } from '../models/chunk-manifest.ts'
-import {
-  type OpenWritable,
-  openWritableFile,
-  partialPaths,
-  progressReporter,
-  type WritableFile,
-} from '../models/pull.ts'
-import type { ModelBlobs, ModelRecord, ProgressListener } from '../models/types.ts'
+import { partialPaths, progressReporter } from '../models/pull.ts'
+import type { ProgressListener } from '../models/types.ts'
+import { type OpenWritable, openWritableFile, type WritableFile } from '../models/writable.ts'
 import { MINUTE_MS } from '../protocol/limits.ts'
 import type { ChunkSession, FetchedManifest, ModelTransfer } from './model-transfer.ts'
 
@@ -36,10 +31,7 @@ export interface PeerPullComponents {
   transfer: Pick<ModelTransfer, 'fetchManifest' | 'openSession'>
   /** Peers that say they hold the model (DHT providers, capacity records). */
   findHolders(digest: string, signal?: AbortSignal): Promise<string[]>
-  store: Pick<ModelBlobs, 'tmpDir' | 'adoptFile'>
   logger: Logger
-  /** The file-writing seam (tests inject ENOSPC). */
-  openWritable?: OpenWritable
 }
 
 export interface PeerPullInit {
@@ -51,11 +43,27 @@ export interface PeerPullInit {
   banMs?: number
 }
 
-export interface PeerPullOptions {
-  /** The model name to store it under. */
-  name: string
+export interface PeerFetchContext {
+  /** Where the partial file and its state live (the store's tmp/, kept across restarts). */
+  tmpDir: string
+  /** The file-writing seam (tests inject ENOSPC). */
+  openWritable?: OpenWritable
   onProgress?: ProgressListener
+  /** Progress status while chunks arrive. */
+  status?: string
   signal?: AbortSignal
+  /** Told the size once the manifest is agreed, before any byte is written; throws to refuse (quota). */
+  admit?(size: number): unknown
+}
+
+/** A complete file whose sha256 was checked, under tmpDir, for the store to commit. */
+export interface PeerFetchedBlob {
+  path: string
+  sha256: string
+  size: number
+  manifest: ChunkManifest
+  /** Removes the resume state; call after the store took the file. */
+  settle(): Promise<void>
 }
 
 export interface PeerPullStats {
@@ -68,7 +76,7 @@ export interface PeerPullStats {
 }
 
 export interface PeerPuller {
-  pull(digest: string, options: PeerPullOptions): Promise<ModelRecord>
+  fetch(digest: string, ctx: PeerFetchContext): Promise<PeerFetchedBlob>
   /** Holders currently banned (lied or stalled), with when the ban ends. */
   banned(): Map<string, number>
   /** What the last pull did; for tests, benchmarks and logs. */
@@ -90,7 +98,6 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
   const depth = init.pipelineDepth ?? 2
   const stallTimeoutMs = init.stallTimeoutMs ?? 15_000
   const banMs = init.banMs ?? 10 * MINUTE_MS
-  const openWritable = components.openWritable ?? openWritableFile
   const bans = new Map<string, number>()
   let stats: PeerPullStats | undefined
   const isBanned = (peer: string) => (bans.get(peer) ?? 0) > Date.now()
@@ -101,7 +108,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
   // Two pulls of one model would share a partial file: the second waits for the first.
   const inFlight = new Map<string, Promise<unknown>>()
 
-  async function pull(digest: string, options: PeerPullOptions): Promise<ModelRecord> {
+  async function fetch(digest: string, options: PeerFetchContext): Promise<PeerFetchedBlob> {
     const previous = inFlight.get(digest) ?? Promise.resolve()
     const run = previous.catch(() => {}).then(() => pullOnce(digest, options))
     inFlight.set(digest, run)
@@ -112,8 +119,8 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     }
   }
 
-  async function pullOnce(digest: string, options: PeerPullOptions): Promise<ModelRecord> {
-    const paths = partialPaths(components.store.tmpDir, `substrate-peers:${digest}`)
+  async function pullOnce(digest: string, options: PeerFetchContext): Promise<PeerFetchedBlob> {
+    const paths = partialPaths(options.tmpDir, `substrate-peers:${digest}`)
     const holders = (await components.findHolders(digest, options.signal)).filter((p) => !isBanned(p))
     if (holders.length === 0) {
       throw new SubstrateError('E_MODEL_NOT_FOUND', `no reachable peer holds ${digest}`, {
@@ -176,9 +183,10 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     fetched: FetchedManifest,
     peers: string[],
     paths: { path: string; infoPath: string },
-    options: PeerPullOptions,
-  ): Promise<ModelRecord | 'manifest-lied'> {
+    options: PeerFetchContext,
+  ): Promise<PeerFetchedBlob | 'manifest-lied'> {
     const { manifest } = fetched
+    options.admit?.(manifest.size)
     const total = manifest.chunks.length
     const written = new Array<boolean>(total).fill(false)
     const saved = await readState(paths.infoPath, digest)
@@ -190,8 +198,8 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     if (resumedChunks > 0)
       log.info('resuming pull from peers', { digest, haveChunks: resumedChunks, of: total })
 
-    const out = await local(openWritable(paths.path, resume ? 'r+' : 'w'))
-    const report = progressReporter(options.onProgress, 'pulling from peers', digest)
+    const out = await local((options.openWritable ?? openWritableFile)(paths.path, resume ? 'r+' : 'w'))
+    const report = progressReporter(options.onProgress, options.status ?? 'pulling from peers', digest)
     let bytesDone = 0
     for (let i = 0; i < total; i++) {
       const { start, end } = chunkRange(manifest, i)
@@ -240,14 +248,13 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       await discard(paths)
       return 'manifest-lied'
     }
-    const record = await components.store.adoptFile(paths.path, {
-      name: options.name,
+    return {
+      path: paths.path,
+      sha256: actual,
+      size: manifest.size,
       manifest,
-      label: digest,
-      ...(options.onProgress ? { onProgress: options.onProgress } : {}),
-    })
-    await rm(paths.infoPath, { force: true })
-    return record
+      settle: () => rm(paths.infoPath, { force: true }),
+    }
   }
 
   async function fetchAll(
@@ -257,7 +264,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     out: WritableFile,
     saveState: () => Promise<void>,
     run: PeerPullStats,
-    options: PeerPullOptions,
+    options: PeerFetchContext,
     progressed: (bytes: number) => void,
   ): Promise<void> {
     const pending = written.flatMap((w, i) => (w ? [] : [i]))
@@ -410,7 +417,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
   }
 
   return {
-    pull,
+    fetch,
     banned: () => new Map([...bans].filter(([, until]) => until > Date.now())),
     lastStats: () => stats,
   }

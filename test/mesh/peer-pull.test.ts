@@ -5,10 +5,10 @@ import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { basename, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { CHUNK_SIZE } from '../../src/models/chunk-manifest.ts'
-import { openWritableFile } from '../../src/models/pull.ts'
+import { openWritableFile } from '../../src/models/writable.ts'
 import { rejectsWith } from './helpers.ts'
 import { type Holder, randomFile, spawnHolder, startPuller, type TestPuller } from './transfer-helpers.ts'
 
@@ -53,7 +53,7 @@ describe('pulling a model from peers', () => {
     const p = await puller(join(dir, 'corrupt'), [corrupt, honest])
     t.diagnostic(`setup ${(performance.now() - at).toFixed(0)} ms`)
     at = performance.now()
-    const record = await p.puller.pull(digest, { name: 'm' })
+    const record = await p.pull(digest)
     t.diagnostic(`pull ${(performance.now() - at).toFixed(0)} ms`)
     assert.deepEqual(await readFile(record.path), original)
     const stats = p.puller.lastStats()!
@@ -70,7 +70,7 @@ describe('pulling a model from peers', () => {
     const staller = await holder({ file, mode: 'stall' })
     const p = await puller(join(dir, 'stall'), [staller, honest], { stallTimeoutMs: 1_500 })
     const started = performance.now()
-    const record = await p.puller.pull(digest, { name: 'm' })
+    const record = await p.pull(digest)
     assert.deepEqual(await readFile(record.path), original)
     const stats = p.puller.lastStats()!
     assert.match(stats.dropped[staller.id] ?? '', /in time|stalled/)
@@ -87,8 +87,7 @@ describe('pulling a model from peers', () => {
     const first = await puller(sub, slow)
     let killed = false
     await assert.rejects(
-      first.puller.pull(digest, {
-        name: 'm',
+      first.pull(digest, {
         onProgress(ev) {
           // Kill both once at least two chunks are safely on disk.
           if (!killed && (ev.completed ?? 0) >= 2 * CHUNK_SIZE) {
@@ -101,16 +100,15 @@ describe('pulling a model from peers', () => {
     )
     const keptChunks = Object.values(first.puller.lastStats()!.chunksFrom).reduce((a, b) => a + b, 0)
     assert.ok(keptChunks >= 2, `kept ${keptChunks} chunks`)
-    assert.equal(first.adopted.length, 0)
 
     const fresh = await holder({ file })
     const second = await puller(sub, [fresh])
-    const record = await second.puller.pull(digest, { name: 'm' })
+    const record = await second.pull(digest)
     assert.deepEqual(await readFile(record.path), original)
     const stats = second.puller.lastStats()!
     assert.equal(stats.resumedChunks, keptChunks, 'every chunk written before the crash is reused')
     assert.equal(stats.chunksFrom[fresh.id], CHUNKS - keptChunks, 'only the missing chunks are fetched')
-    assert.deepEqual(await readdir(join(sub, 'tmp')), [], 'the partial and its state file are gone')
+    assert.deepEqual(await readdir(join(sub, 'tmp')), [basename(record.path)], 'the resume state is gone')
   })
 
   test('a manifest whose chunks do not add up to the file hash stores nothing and bans its senders', async () => {
@@ -119,8 +117,7 @@ describe('pulling a model from peers', () => {
     const liar = await holder({ file: other, mode: 'lie', lieAbout: digest })
     const sub = join(dir, 'lie')
     const p = await puller(sub, [liar])
-    await assert.rejects(p.puller.pull(digest, { name: 'm' }), rejectsWith('E_CHECKSUM_MISMATCH'))
-    assert.equal(p.adopted.length, 0)
+    await assert.rejects(p.pull(digest), rejectsWith('E_CHECKSUM_MISMATCH'))
     assert.ok(p.puller.banned().has(liar.id))
     assert.deepEqual(await readdir(join(sub, 'tmp')), [])
   })
@@ -141,8 +138,7 @@ describe('pulling a model from peers', () => {
         },
       }
     })
-    await assert.rejects(p.puller.pull(digest, { name: 'm' }), rejectsWith('E_DISK_FULL'))
-    assert.equal(p.adopted.length, 0)
+    await assert.rejects(p.pull(digest), rejectsWith('E_DISK_FULL'))
     assert.deepEqual(await readdir(join(sub, 'tmp')), [])
   })
 })

@@ -2,16 +2,21 @@
 
 import { type ChildProcess, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
-import { mkdir, rename, writeFile } from 'node:fs/promises'
+import { mkdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { generateIdentity } from '../../src/identity/keys.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { createMeshNode, type MeshNode } from '../../src/mesh/libp2p-node.ts'
 import { createModelTransfer } from '../../src/mesh/model-transfer.ts'
-import { createPeerPuller, type PeerPuller, type PeerPullInit } from '../../src/mesh/peer-pull.ts'
-import type { OpenWritable } from '../../src/models/pull.ts'
-import type { ModelRecord } from '../../src/models/types.ts'
+import {
+  createPeerPuller,
+  type PeerFetchContext,
+  type PeerFetchedBlob,
+  type PeerPuller,
+  type PeerPullInit,
+} from '../../src/mesh/peer-pull.ts'
+import type { OpenWritable } from '../../src/models/writable.ts'
 import type { HolderMode } from './chunk-source.ts'
 
 export interface Holder {
@@ -59,15 +64,13 @@ export async function randomFile(path: string, size: number): Promise<void> {
 export interface TestPuller {
   mesh: MeshNode
   puller: PeerPuller
-  /** Files the (fake) store adopted, in order. */
-  adopted: string[]
+  tmpDir: string
+  /** Fetches into this puller's tmp dir; the resume state is settled on success. */
+  pull(digest: string, ctx?: Partial<PeerFetchContext>): Promise<PeerFetchedBlob>
   stop(): Promise<void>
 }
 
-/**
- * A puller on a real libp2p node. The store is a stand-in that only moves the adopted file:
- * these files are random bytes, not GGUF (the acceptance test uses real stores).
- */
+/** A puller on a real libp2p node, connected to `holders`, writing under `dir`/tmp. */
 export async function startPuller(
   dir: string,
   holders: Holder[],
@@ -84,29 +87,23 @@ export async function startPuller(
   })
   const tmpDir = join(dir, 'tmp')
   await mkdir(tmpDir, { recursive: true })
-  const adopted: string[] = []
   const puller = createPeerPuller(
-    {
-      transfer,
-      findHolders: async () => holders.map((h) => h.id),
-      store: {
-        tmpDir,
-        async adoptFile(file, meta) {
-          const dest = join(dir, `adopted-${adopted.length}`)
-          await rename(file, dest)
-          adopted.push(dest)
-          return {
-            name: meta.name,
-            digest: meta.manifest.digest,
-            size: meta.manifest.size,
-            path: dest,
-          } as ModelRecord
-        },
-      },
-      logger: silentLogger,
-      ...(openWritable === undefined ? {} : { openWritable }),
-    },
+    { transfer, findHolders: async () => holders.map((h) => h.id), logger: silentLogger },
     { stallTimeoutMs: 3_000, ...init },
   )
-  return { mesh, puller, adopted, stop: () => mesh.stop() }
+  return {
+    mesh,
+    puller,
+    tmpDir,
+    async pull(digest, ctx = {}) {
+      const fetched = await puller.fetch(digest, {
+        tmpDir,
+        ...(openWritable === undefined ? {} : { openWritable }),
+        ...ctx,
+      })
+      await fetched.settle()
+      return fetched
+    },
+    stop: () => mesh.stop(),
+  }
 }
