@@ -17,6 +17,7 @@ import { createLogger, type Logger } from './logger.ts'
 import type { CountersignedReceipt } from './mesh/job-protocol.ts'
 import { createLedgerSync } from './mesh/ledger-sync.ts'
 import { createMesh, type Mesh } from './mesh/mesh.ts'
+import { createPeersFetcher, createPeersSource } from './mesh/peer-source.ts'
 import { defaultSources } from './models/sources/index.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
@@ -82,12 +83,18 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         })
       }
     }
+    // Peers are one more place to pull from: `peers:` references, and any pull whose digest
+    // peers hold. The mesh starts after the store, so both look it up per pull.
+    let mesh: Mesh | undefined
     const models = createModelStore(
       { db, logger },
       {
         dir: join(config.home, 'models'),
         sources: defaultSources(config.models, process.env),
         policy: { allow: config.models.allow, deny: config.models.deny, quotaBytes: config.models.quota },
+        extraSources: [createPeersSource({ findRemoteModel: (ref) => mesh?.findRemoteModel(ref) })],
+        fetchers: { peers: createPeersFetcher(() => mesh?.puller) },
+        peersHold: (digest) => mesh?.findRemoteModel(digest) !== undefined,
       },
     )
     await models.start()
@@ -126,11 +133,17 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
 
     // The mesh after the runtime it serves jobs from, stopped before it (cleanup runs front first).
     // An unsandboxed node still asks peers, but serves no one (issue 6).
-    let mesh: Mesh | undefined
     let meshInfo: MeshRouteComponents['mesh']
     if (config.mesh.enabled) {
       mesh = await createMesh(
-        { identity, logger, models, runtime, standingOf: (requester) => ledger.standingOf(requester) },
+        {
+          identity,
+          logger,
+          models,
+          runtime,
+          standingOf: (requester) => ledger.standingOf(requester),
+          blobs: models,
+        },
         {
           node: { listen: config.mesh.listen, bootstrap: config.mesh.bootstrap, mdns: config.mesh.mdns },
           jobs: { maxConcurrentJobs: config.mesh.jobSlots, stallTimeoutMs: config.mesh.stallTimeout },

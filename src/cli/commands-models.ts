@@ -31,21 +31,28 @@ const pull: Command = {
     'quantisation (hf:ORG/REPO:Q4_K_M picks the one GGUF file of that quantisation); the Ollama\n' +
     'library (ollama:NAME[:TAG], with its template and parameters). A built-in name such as\n' +
     'substrate-tiny is only made ready. --name sets the name it is stored under; --sha256 refuses\n' +
-    'the file unless it matches. With --json, progress is printed as NDJSON lines on stdout.',
+    'the file unless it matches. With --json, progress is printed as NDJSON lines on stdout.\n' +
+    'From peers: --from-peers-only NAME|sha256:HEX (or the reference peers:NAME) fetches the model\n' +
+    'only from mesh peers that hold it, chunk by chunk from several at once, each chunk verified;\n' +
+    'any pull whose sha256 peers hold tries them first.',
   examples: [
     'substrate pull substrate-tiny',
     'substrate pull hf:bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M',
     'substrate pull ollama:llama3.2:1b',
     'substrate pull https://example.org/models/model-Q4_K_M.gguf --name mymodel',
     'substrate pull ollama:llama3.2:1b --json',
+    'substrate pull --from-peers-only llama3.2:1b',
   ],
   flags: {
     name: { type: 'string', value: 'N', help: 'store the model under this name' },
     sha256: { type: 'string', value: 'H', help: 'the expected sha256 of the file, 64 hex digits' },
+    'from-peers-only': { type: 'boolean', help: 'fetch only from mesh peers (NAME or sha256:HEX)' },
   },
   args: { min: 1, max: 1 },
   async run(ctx, { values, positionals }) {
-    const source = positionals[0]!
+    const given = positionals[0]!
+    const source =
+      values['from-peers-only'] === true && !given.startsWith('peers:') ? `peers:${given}` : given
     const client = await ctx.daemon()
     // --json: every progress event as one line, for scripts; the last one says "success".
     const progress = ctx.json

@@ -12,7 +12,7 @@ import type { ReplayGuard } from '../identity/envelope.ts'
 import type { Identity } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
 import { normalizeModelName } from '../models/store.ts'
-import type { ModelStore } from '../models/types.ts'
+import type { ModelBlobs, ModelStore } from '../models/types.ts'
 import type { Runtime } from '../runtime/runtime.ts'
 import {
   type CapacityGossip,
@@ -33,7 +33,15 @@ import {
 } from './job-protocol.ts'
 import { createMeshNode, type MeshNode, type MeshNodeInit } from './libp2p-node.ts'
 import { createModelProviders, type ModelProviders } from './model-providers.ts'
+import {
+  type ChunkSource,
+  createModelTransfer,
+  type ModelTransfer,
+  type ModelTransferInit,
+  storeChunkSource,
+} from './model-transfer.ts'
 import { createPeerLatency } from './peer-latency.ts'
+import { createPeerPuller, type PeerPuller, type PeerPullInit } from './peer-pull.ts'
 import { type PickOptions, pickWorkers } from './pick-worker.ts'
 import { createRuntimeJobRunner } from './runtime-job.ts'
 import {
@@ -52,6 +60,10 @@ export interface MeshComponents {
   replay?: ReplayGuard
   /** The credits ledger's view of a requester, for the order of the worker's queue. */
   standingOf?: JobProtocolComponents['standingOf']
+  /** Held blobs and their chunk manifests, to serve peers pulling a model; none served without. */
+  blobs?: Pick<ModelBlobs, 'manifest' | 'blobPath'>
+  /** Whether a held model may be handed to peers (policy); all may when absent. */
+  shareModel?: (digest: string) => boolean
 }
 
 export interface MeshInit {
@@ -60,6 +72,10 @@ export interface MeshInit {
   jobs?: JobProtocolInit
   /** Announce held models in the DHT (on start and on `modelsChanged`). */
   provideModels?: boolean
+  /** Serving models to peers (`/substrate/model-chunks/1`). */
+  transfer?: ModelTransferInit
+  /** Pulling models from peers. */
+  pull?: PeerPullInit
   /**
    * Set (to the reason) when this node must serve no jobs, e.g. its runners are not
    * sandboxed: it then offers no models and no slots, refuses any manifest with
@@ -82,6 +98,10 @@ export interface Mesh {
   readonly capacity: CapacityGossip
   readonly jobs: JobProtocol
   readonly providers: ModelProviders
+  readonly transfer: ModelTransfer
+  readonly puller: PeerPuller
+  /** Peers that say they hold `digest`: capacity records first, then DHT providers. */
+  findHolders(digest: string, signal?: AbortSignal): Promise<string[]>
   start(): Promise<void>
   stop(): Promise<void>
   /** Call after a model was pulled, imported or removed. */
@@ -178,12 +198,56 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
     init.capacity,
   )
   const providers = createModelProviders({ mesh: node, logger: components.logger })
+  const holdsNothing: ChunkSource = {
+    manifest: async () => undefined,
+    readChunk: () => Promise.reject(new SubstrateError('E_MODEL_NOT_FOUND', 'this node serves no models')),
+  }
+  const transfer = createModelTransfer(
+    {
+      mesh: node,
+      logger: components.logger,
+      source:
+        components.blobs === undefined
+          ? holdsNothing
+          : storeChunkSource(components.blobs, components.shareModel),
+    },
+    init.transfer,
+  )
+  const findHolders = async (digest: string, signal?: AbortSignal): Promise<string[]> => {
+    const offered = capacity
+      .view()
+      .filter((entry) => entry.record.models.some((m) => m.digest === digest))
+      .map((entry) => entry.peer)
+    const provided = await providers
+      .find(digest, { timeoutMs: signal?.aborted === true ? 0 : 5_000 })
+      .catch((err: unknown) => {
+        log.debug('DHT provider lookup failed', { digest, error: toSubstrateError(err).message })
+        return []
+      })
+    return [...new Set([...offered, ...provided])]
+  }
+  const puller = createPeerPuller({ transfer, findHolders, logger: components.logger }, init.pull)
 
+  // What this node announces in the DHT: held models, added as they arrive; a removed model
+  // is withdrawn (no more re-announcements; records other nodes keep expire on their own),
+  // and the chunk protocol stops serving it at once.
+  const provided = new Set<string>()
   const provideAll = () => {
     if (init.provideModels !== true || !serving) return
-    for (const m of components.models.list()) {
-      providers.provide(m.digest).catch((err: unknown) => {
-        log.debug('model announcement failed', { digest: m.digest, error: toSubstrateError(err).message })
+    const held = new Set(components.models.list().map((m) => m.digest))
+    for (const digest of held) {
+      if (provided.has(digest)) continue
+      provided.add(digest)
+      providers.provide(digest).catch((err: unknown) => {
+        provided.delete(digest)
+        log.debug('model announcement failed', { digest, error: toSubstrateError(err).message })
+      })
+    }
+    for (const digest of provided) {
+      if (held.has(digest)) continue
+      provided.delete(digest)
+      providers.withdraw(digest).catch((err: unknown) => {
+        log.debug('model withdrawal failed', { digest, error: toSubstrateError(err).message })
       })
     }
   }
@@ -324,9 +388,13 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
     capacity,
     jobs,
     providers,
+    transfer,
+    puller,
+    findHolders,
     async start() {
       await node.start()
       await jobs.start()
+      await transfer.start()
       await capacity.start()
       latency.start()
       provideAll()
@@ -336,6 +404,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
       offJobEnd()
       latency.stop()
       await capacity.stop()
+      await transfer.stop()
       await jobs.stop()
       await node.stop()
     },

@@ -248,6 +248,13 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       await discard(paths)
       return 'manifest-lied'
     }
+    log.info('pulled from peers', {
+      digest,
+      chunks: total,
+      resumedChunks: run.resumedChunks,
+      chunksFrom: run.chunksFrom,
+      dropped: run.dropped,
+    })
     return {
       path: paths.path,
       sha256: actual,

@@ -20,7 +20,14 @@ import { readModelDetails } from './gguf-info.ts'
 import { createModelPolicy, type ModelPolicyInit } from './policy.ts'
 import { createHttpFetcher, type DownloadInit, progressReporter } from './pull.ts'
 import { isSourceRef, sourceFor } from './sources/index.ts'
-import type { BlobFetcher, ModelSource, PullPlan } from './sources/plan.ts'
+import type {
+  BlobFetch,
+  BlobFetcher,
+  FetchContext,
+  ModelSource,
+  PlannedBlob,
+  PullPlan,
+} from './sources/plan.ts'
 import { createUrlSource } from './sources/url.ts'
 import type {
   ModelBlobs,
@@ -41,6 +48,13 @@ export interface ModelStoreInit {
   sources?: ModelSource[]
   /** byte fetchers by plan kind, beside the built-in `http` one (e.g. `peers`) */
   fetchers?: Record<string, BlobFetcher>
+  /** sources beside `sources` (or the defaults), e.g. `peers:` references */
+  extraSources?: ModelSource[]
+  /**
+   * When this says peers hold a digest a plan names, the `peers` fetcher is tried first and
+   * the plan's own fetcher only if that fails.
+   */
+  peersHold?: (digest: string) => boolean
   policy?: ModelPolicyInit
 }
 
@@ -100,7 +114,7 @@ export function createModelStore(
   const tmpDir = join(dir, 'tmp')
   const blobsDir = join(dir, 'blobs')
   const openWritable = init.openWritable ?? openWritableFile
-  const sources = init.sources ?? [createUrlSource()]
+  const sources = [...(init.extraSources ?? []), ...(init.sources ?? [createUrlSource()])]
   const fetchers: Record<string, BlobFetcher> = { http: createHttpFetcher(init.pull), ...init.fetchers }
   const policy = createModelPolicy(init.policy)
   /** Bytes promised to downloads in progress, so two pulls cannot both take the last room. */
@@ -415,7 +429,7 @@ export function createModelStore(
       promised = 0
     }
     try {
-      const file = await fetcher(plan.model, {
+      const ctx: FetchContext = {
         tmpDir,
         logger,
         openWritable,
@@ -431,7 +445,8 @@ export function createModelStore(
           reserved += size
           return size
         },
-      })
+      }
+      const file = await fetchPreferringPeers(plan.model, fetcher, ctx)
       try {
         opts.onProgress?.({ status: 'verifying sha256 digest' })
         return await commitFile(file.path, { ...file, ...meta })
@@ -440,6 +455,32 @@ export function createModelStore(
       }
     } finally {
       release()
+    }
+  }
+
+  /** Peers first when they hold the digest (no upstream traffic), the plan's fetcher if that fails. */
+  async function fetchPreferringPeers(model: PlannedBlob, fetcher: BlobFetcher, ctx: FetchContext) {
+    const peers = fetchers.peers
+    const digest = model.sha256 === undefined ? undefined : `sha256:${model.sha256}`
+    if (
+      peers === undefined ||
+      model.fetch.kind === 'peers' ||
+      digest === undefined ||
+      !init.peersHold?.(digest)
+    )
+      return fetcher(model, ctx)
+    try {
+      return await peers({ ...model, fetch: { kind: 'peers', digest } as BlobFetch }, ctx)
+    } catch (err) {
+      const error = toSubstrateError(err)
+      if (ctx.signal?.aborted === true || error.code === 'E_DISK_FULL' || error.code === 'E_QUOTA_EXCEEDED')
+        throw error
+      logger.info('pull from peers failed; using the source', {
+        digest,
+        code: error.code,
+        error: error.message,
+      })
+      return fetcher(model, ctx)
     }
   }
 

@@ -3,11 +3,13 @@
 // `{id, addr, digest}` as one JSON line, then serves until killed or stdin closes.
 //
 //   argv[2]: JSON {file, mode?: 'honest' | 'corrupt' | 'stall' | 'lie', lieAbout?: digest,
-//                  bytesPerSecond?: number, chunkSize?: number}
+//                  bytesPerSecond?: number, chunkSize?: number,
+//                  bootstrap?: multiaddr (joins that mesh and provides the file's digest in its DHT)}
 
 import { generateIdentity } from '../../src/identity/keys.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { createMeshNode } from '../../src/mesh/libp2p-node.ts'
+import { createModelProviders } from '../../src/mesh/model-providers.ts'
 import { createModelTransfer } from '../../src/mesh/model-transfer.ts'
 import { fileChunkSource, type HolderMode } from './chunk-source.ts'
 
@@ -17,6 +19,7 @@ const config = JSON.parse(process.argv[2] ?? '{}') as {
   lieAbout?: string
   bytesPerSecond?: number
   chunkSize?: number
+  bootstrap?: string
 }
 const identity = generateIdentity()
 const mesh = await createMeshNode({ identity, logger: silentLogger })
@@ -27,6 +30,10 @@ const transfer = createModelTransfer(
 )
 await mesh.start()
 await transfer.start()
+if (config.bootstrap !== undefined) {
+  await mesh.dial(config.bootstrap, 10_000)
+  await createModelProviders({ mesh, logger: silentLogger }).provide(source.digest)
+}
 process.stdout.write(
   `${JSON.stringify({ id: identity.id, addr: mesh.multiaddrs()[0], digest: source.digest })}\n`,
 )

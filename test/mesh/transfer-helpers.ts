@@ -32,6 +32,7 @@ export async function spawnHolder(config: {
   mode?: HolderMode
   lieAbout?: string
   bytesPerSecond?: number
+  bootstrap?: string
 }): Promise<Holder> {
   const child = spawn(
     process.execPath,

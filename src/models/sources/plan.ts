@@ -4,6 +4,7 @@
 // more fetcher, and a new place to find models is one more source.
 
 import type { Logger } from '../../logger.ts'
+import type { ChunkManifest } from '../chunk-manifest.ts'
 import type { ModelExtras, ProgressListener } from '../types.ts'
 import type { OpenWritable } from '../writable.ts'
 
@@ -75,6 +76,8 @@ export interface FetchedBlob {
   path: string
   sha256: string
   size: number
+  /** the chunk manifest when the fetcher already checked the file against one (peers) */
+  manifest?: ChunkManifest
   /** Removes what the fetcher kept beside the file to resume it; called after the commit. */
   settle(): Promise<void>
 }
