@@ -8,6 +8,7 @@ import { routesFor } from './api/routes.ts'
 import type { MeshRouteComponents } from './api/routes-mesh.ts'
 import { type ApiServer, createApiServer } from './api/server.ts'
 import type { Config } from './config/schema.ts'
+import { SubstrateError } from './errors.ts'
 import { checkFits, detectHardware, estimateModelMemory, type HardwareInfo } from './hardware/detect.ts'
 import { type Identity, loadOrCreateIdentity } from './identity/keys.ts'
 import { createLedger, type Ledger } from './ledger/ledger.ts'
@@ -18,6 +19,7 @@ import type { CountersignedReceipt } from './mesh/job-protocol.ts'
 import { createLedgerSync } from './mesh/ledger-sync.ts'
 import { createMesh, type Mesh } from './mesh/mesh.ts'
 import { createPeersFetcher, createPeersSource } from './mesh/peer-source.ts'
+import { createSpotCheck } from './mesh/spot-check.ts'
 import { defaultSources } from './models/sources/index.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
@@ -174,6 +176,37 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       const ledgerSync = createLedgerSync({ mesh: started.node, ledger, logger })
       await ledgerSync.start()
       cleanup.unshift(() => ledgerSync.stop())
+      // Spot checks (DESIGN.md step 8): a sampled share of the receipts we countersign goes to
+      // a third node holding the model; we check others' in our own sandboxed runners.
+      const spotCheck = createSpotCheck(
+        {
+          mesh: started.node,
+          identity,
+          logger,
+          ledger,
+          runtime,
+          modelByDigest: (digest) => models.list().find((m) => m.digest === digest),
+          candidates: (digest) =>
+            started.capacity
+              .view()
+              .filter((e) => e.record.models.some((m) => m.digest === digest))
+              .map((e) => e.peer),
+          ...(sandbox.enforced
+            ? {}
+            : {
+                refusal: () =>
+                  new SubstrateError(
+                    'E_SANDBOX_UNAVAILABLE',
+                    'this node checks nothing for others: its runners are not sandboxed',
+                  ),
+              }),
+        },
+        { rate: config.mesh.spotCheckRate },
+      )
+      await spotCheck.start()
+      cleanup.unshift(() => spotCheck.stop())
+      const offCountersigned = started.jobs.onCountersigned((job) => spotCheck.consider(job))
+      cleanup.unshift(offCountersigned)
     }
 
     let resolveStopped!: () => void
@@ -217,7 +250,13 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
                 role: receipt.worker === identity.id ? ('worker' as const) : ('requester' as const),
                 receipt,
               })),
-          ledger: { db, ledger, node: identity.id, member: membership.member },
+          ledger: {
+            db,
+            ledger,
+            node: identity.id,
+            member: membership.member,
+            vouch: (member) => ledger.append(identity, { kind: 'vouch', body: { member } }),
+          },
           describeConfig: options.describeConfig ?? (() => []),
           requestShutdown: () => setImmediate(() => void stop()),
         }),

@@ -1,6 +1,7 @@
 // Native routes about credits and the ledger (issue 5): a member's balance and why, every
-// balance, the op log, a full re-verification, and counts. Read-only: ops enter the
-// ledger through this node's own jobs and through sync, never through the API.
+// balance, the op log, a full re-verification, and counts. Read-only but for one deliberate
+// act of this node's member, vouching for another member; every other op enters the ledger
+// through this node's own jobs and through sync.
 
 import { z } from 'zod'
 import { SubstrateError } from '../errors.ts'
@@ -9,7 +10,7 @@ import { auditLedger, ledgerStats } from '../ledger/audit.ts'
 import type { Ledger } from '../ledger/ledger.ts'
 import type { Db } from '../store/database.ts'
 import { listLatestLedgerOps } from '../store/ledger-table.ts'
-import { sendJson } from './http.ts'
+import { readJson, sendJson } from './http.ts'
 import type { Route } from './router.ts'
 import type {
   CreditsResponse,
@@ -25,6 +26,8 @@ export interface LedgerRouteComponents {
   /** this daemon's node id and the member it is bound to */
   node: string
   member: string
+  /** signs a vouch op for `member` in this member's log (the member's key must be here) */
+  vouch?: (member: string) => { cid: string; seq: number }
 }
 
 export const MAX_LOG_LIMIT = 1000
@@ -78,6 +81,7 @@ const logQuery = z.object({
     .optional(),
 })
 const noQuery = z.object({})
+const vouchBody = z.strictObject({ member: z.string().max(128) })
 
 export function ledgerRoutes(c: LedgerRouteComponents): Route[] {
   return [
@@ -128,6 +132,22 @@ export function ledgerRoutes(c: LedgerRouteComponents): Route[] {
         readQuery(url, noQuery)
         const body: LedgerVerifyResponse = auditLedger(c.db, c.ledger)
         sendJson(res, 200, body)
+      },
+    },
+    {
+      // Membership by vouching (DESIGN.md): a vouched member gets the full floor, and only a
+      // vouched member's fraud proofs void a worker.
+      method: 'POST',
+      path: '/substrate/v1/ledger/vouch',
+      handler: async (req, res, url) => {
+        readQuery(url, noQuery)
+        const { member } = await readJson(req, vouchBody)
+        const target = memberId(member, 'member')
+        if (c.vouch === undefined)
+          throw new SubstrateError('E_NOT_FOUND', 'this node holds no member key to vouch with')
+        if (target === c.member)
+          throw new SubstrateError('E_INVALID_ARGUMENT', 'a member cannot vouch for itself')
+        sendJson(res, 200, { member: target, voucher: c.member, ...c.vouch(target) })
       },
     },
     {

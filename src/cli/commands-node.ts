@@ -54,6 +54,11 @@ const serveFlags: Record<string, FlagSpec> = {
     value: 'D',
     help: 'silence from a mesh worker before its job moves to another peer (default 30s; SUBSTRATE_MESH_STALL_TIMEOUT)',
   },
+  'spot-check-rate': {
+    type: 'string',
+    value: 'SHARE',
+    help: 'share of our receipts a third node re-checks, 0 to 1 (default 0.05; SUBSTRATE_SPOT_CHECK_RATE)',
+  },
 }
 
 const serve: Command = {

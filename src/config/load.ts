@@ -70,6 +70,7 @@ const shortNames: Record<string, ConfigKey> = {
   mdns: 'mesh.mdns',
   jobslots: 'mesh.jobSlots',
   meshstalltimeout: 'mesh.stallTimeout',
+  spotcheckrate: 'mesh.spotCheckRate',
 }
 const dottedNames = new Map<string, ConfigKey>(configKeys.map((key) => [normalise(key), key]))
 
@@ -147,6 +148,7 @@ const envVars = [
   'SUBSTRATE_MDNS',
   'SUBSTRATE_JOB_SLOTS',
   'SUBSTRATE_MESH_STALL_TIMEOUT',
+  'SUBSTRATE_SPOT_CHECK_RATE',
 ]
 
 function envLayer(env: NodeJS.ProcessEnv): Layer {

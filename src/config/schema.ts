@@ -31,6 +31,7 @@ export const configKeys = [
   'models.hfEndpoint',
   'models.ollamaRegistry',
   'mesh.stallTimeout',
+  'mesh.spotCheckRate',
 ] as const
 export type ConfigKey = (typeof configKeys)[number]
 
@@ -92,6 +93,18 @@ export function isLoopbackHost(host: string): boolean {
 }
 
 const positiveInt = z.number().int().min(1)
+
+/** A share from 0 to 1, also as the decimal string env and flags carry ("0.05"). */
+const shareSchema = z
+  .union([
+    z.number(),
+    z
+      .string()
+      .trim()
+      .regex(/^\d+(\.\d+)?$/)
+      .transform(Number),
+  ])
+  .pipe(z.number().min(0).max(1))
 
 /** true/false, also as the strings env and flags carry ("1", "yes", "off", …). */
 const booleanSchema = z.union([
@@ -250,6 +263,10 @@ export const leafSchemas = {
     }),
     expect: 'a duration of at least 100ms, like "60s" or "2m"',
   },
+  'mesh.spotCheckRate': {
+    schema: shareSchema,
+    expect: 'a number from 0 to 1 (the share of our receipts sent for a spot check)',
+  },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -310,6 +327,8 @@ export const configSchema = z
          * to another peer. The wait for the first token (a model load) has its own, longer bound.
          */
         stallTimeout: leafSchemas['mesh.stallTimeout'].schema.prefault('30s'),
+        /** Share of the receipts we countersign that a third node re-checks (DESIGN.md step 8; governance later). */
+        spotCheckRate: leafSchemas['mesh.spotCheckRate'].schema.default(0.05),
       })
       .prefault({}),
     models: z

@@ -9,6 +9,11 @@ import type { ModelRecord } from '../../src/models/types.ts'
 
 export async function writeTinyModelRecord(path: string, name = 'tiny:latest'): Promise<ModelRecord> {
   await writeTinyModel(path)
+  return modelRecordOf(path, name)
+}
+
+/** Describes a GGUF file already on disk as the model store would. */
+export async function modelRecordOf(path: string, name: string): Promise<ModelRecord> {
   const bytes = readFileSync(path)
   return {
     name,

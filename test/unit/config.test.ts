@@ -268,7 +268,7 @@ describe('models config', () => {
 describe('mesh config', () => {
   const peer = '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo'
 
-  test('defaults: mesh on, loopback listener on any port, no bootstrap, no mDNS, 2 job slots', () => {
+  test('defaults: mesh on, loopback listener on any port, no bootstrap, no mDNS, 2 job slots, 5 % spot checks', () => {
     const config = loadConfig({ env: {}, home: homeWith() })
     assert.deepEqual(config.mesh, {
       enabled: true,
@@ -277,6 +277,7 @@ describe('mesh config', () => {
       mdns: false,
       jobSlots: 2,
       stallTimeout: 30_000,
+      spotCheckRate: 0.05,
     })
   })
 
@@ -313,6 +314,28 @@ describe('mesh config', () => {
     assert.equal(config.mesh.jobSlots, 4)
     const shown = describeConfig(config).find((e) => e.key === 'mesh.listen')
     assert.deepEqual(shown, { key: 'mesh.listen', value: '/ip4/127.0.0.1/tcp/5000', source: 'flag' })
+  })
+
+  test('the spot-check rate is a share from 0 to 1, from env, file or flag', () => {
+    assert.equal(
+      loadConfig({ env: { SUBSTRATE_SPOT_CHECK_RATE: '0.25' }, home: homeWith() }).mesh.spotCheckRate,
+      0.25,
+    )
+    assert.equal(
+      loadConfig({ env: {}, home: homeWith('[mesh]\nspot_check_rate = 1\n') }).mesh.spotCheckRate,
+      1,
+    )
+    assert.equal(
+      loadConfig({ env: {}, home: homeWith(), flags: { 'spot-check-rate': '0' } }).mesh.spotCheckRate,
+      0,
+    )
+    for (const bad of ['1.5', '-0.1', 'often']) {
+      assert.throws(
+        () => loadConfig({ env: { SUBSTRATE_SPOT_CHECK_RATE: bad }, home: homeWith() }),
+        (err: unknown) =>
+          err instanceof SubstrateError && err.code === 'E_CONFIG' && /spotCheckRate/.test(err.message),
+      )
+    }
   })
 
   test('a bootstrap address without /p2p/<id> is refused, naming the variable', () => {
