@@ -147,7 +147,18 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
           blobs: models,
         },
         {
-          node: { listen: config.mesh.listen, bootstrap: config.mesh.bootstrap, mdns: config.mesh.mdns },
+          node: {
+            listen: config.mesh.listen,
+            bootstrap: config.mesh.bootstrap,
+            mdns: config.mesh.mdns,
+            relayClient: config.mesh.relayClient,
+            relayServe: config.mesh.relayServe
+              ? { maxReservations: config.mesh.relayMaxReservations }
+              : false,
+            randomWalkMinConnections: config.mesh.randomWalk,
+            // Known peers survive a restart, so the node rejoins without its bootstrap list.
+            datastorePath: join(config.home, 'mesh', 'datastore.db'),
+          },
           jobs: { maxConcurrentJobs: config.mesh.jobSlots, stallTimeoutMs: config.mesh.stallTimeout },
           provideModels: true,
           ...(sandbox.enforced
@@ -165,6 +176,8 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         latencyMs: (peer) => started.latencyMs(peer),
         standing: (peer) => started.standing(peer),
         gossip: () => started.gossip(),
+        reachability: () => started.node.reachability(),
+        connectionKind: (peer) => started.node.connectionKind(peer),
       }
       const offModels = models.onChange?.(() => started.modelsChanged())
       cleanup.unshift(() => offModels?.())

@@ -9,7 +9,7 @@ import type { PeerStanding } from '../mesh/worker-standing.ts'
 import { sendJson } from './http.ts'
 import type { MeshServed } from './inference.ts'
 import type { Route } from './router.ts'
-import type { PeerInfo, PeersResponse, ReceiptInfo, ServedInfo } from './types.ts'
+import type { PeerInfo, PeersResponse, ReachabilityInfo, ReceiptInfo, ServedInfo } from './types.ts'
 
 export interface MeshRouteComponents {
   /** Absent when the mesh is off. */
@@ -22,6 +22,9 @@ export interface MeshRouteComponents {
         latencyMs(peer: string): number | undefined
         standing?(peer: string): PeerStanding
         gossip?(): CapacityGossipStats & { scores: Array<{ id: string; score: number }> }
+        /** AutoNAT's verdicts and relay reservations. */
+        reachability?(): ReachabilityInfo
+        connectionKind?(peer: string): 'direct' | 'relayed' | undefined
       }
     | undefined
   /** The most recent receipts this node signed, as worker or as requester (newest last). */
@@ -81,12 +84,14 @@ export function meshRoutes(c: MeshRouteComponents): Route[] {
             latencyMs: mesh?.latencyMs(e.peer) ?? null,
             lastSeen: new Date(e.lastSeen).toISOString(),
             ...standingJson(mesh?.standing?.(e.peer)),
+            connection: mesh?.connectionKind?.(e.peer) ?? null,
           }))
           .sort((a, b) => a.id.localeCompare(b.id))
         const body: PeersResponse = {
           enabled: mesh !== undefined,
           id: mesh?.peerId ?? null,
           addrs: mesh?.multiaddrs() ?? [],
+          reachability: mesh?.reachability?.() ?? null,
           peers,
           ...(mesh?.gossip === undefined ? {} : { gossip: mesh.gossip() }),
         }

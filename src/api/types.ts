@@ -161,6 +161,8 @@ export interface PeerInfo {
   latencyMs: number | null
   /** when its last capacity record arrived (ISO 8601) */
   lastSeen: string
+  /** how we are connected now: directly, only through a relay, or not (gossip reached us through others) */
+  connection: 'direct' | 'relayed' | null
   /** what our own jobs on this peer taught us (absent until we sent it one) */
   standing?: {
     /** our jobs it is running now */
@@ -185,12 +187,28 @@ export interface GossipInfo {
   scores: Array<{ id: string; score: number }>
 }
 
+/** How other nodes can reach this one. */
+export interface ReachabilityInfo {
+  /**
+   * `public`: AutoNAT confirmed a public address; `relayed`: reachable through a relay
+   * reservation; `private`: only private or unconfirmed addresses.
+   */
+  status: 'public' | 'relayed' | 'private'
+  addresses: Array<{ addr: string; type: string; verified: boolean; relayed: boolean; public: boolean }>
+  /** relays this node holds a reservation on */
+  relays: string[]
+  /** when this node serves as a relay (mesh.relayServe) */
+  relayServing: { reservations: number; maxReservations: number } | null
+}
+
 export interface PeersResponse {
   /** false when this node runs with mesh.enabled = false */
   enabled: boolean
   id: string | null
   /** this node's mesh addresses, each with /p2p/<id> */
   addrs: string[]
+  /** null when the mesh is off */
+  reachability: ReachabilityInfo | null
   peers: PeerInfo[]
   /** absent when the mesh is off */
   gossip?: GossipInfo

@@ -4,6 +4,7 @@
 import { toSubstrateError } from '../errors.ts'
 import type { HardwareInfo } from '../hardware/detect.ts'
 import { VERSION } from '../version.ts'
+import { reachabilityLines } from './commands-peers.ts'
 import { leanStartup } from './lean-heap.ts'
 import { type Command, type FlagSpec, formatBytes, table, writeJson } from './render.ts'
 
@@ -59,6 +60,26 @@ const serveFlags: Record<string, FlagSpec> = {
     value: 'SHARE',
     help: 'share of our receipts a third node re-checks, 0 to 1 (default 0.05; SUBSTRATE_SPOT_CHECK_RATE)',
   },
+  relay: {
+    type: 'string',
+    value: 'BOOL',
+    help: 'serve as a circuit relay for nodes behind NATs (default false; SUBSTRATE_RELAY)',
+  },
+  'relay-max-reservations': {
+    type: 'string',
+    value: 'N',
+    help: 'relay slots held for others at once (default 32; SUBSTRATE_RELAY_MAX_RESERVATIONS)',
+  },
+  'relay-client': {
+    type: 'string',
+    value: 'BOOL',
+    help: 'reserve a slot on a relay so peers behind NATs can dial us (default true; SUBSTRATE_RELAY_CLIENT)',
+  },
+  'random-walk': {
+    type: 'string',
+    value: 'N',
+    help: 'walk the DHT while fewer than N peers are connected; 0 is off (default 8; SUBSTRATE_RANDOM_WALK)',
+  },
 }
 
 const serve: Command = {
@@ -80,6 +101,7 @@ const serve: Command = {
     'SUBSTRATE_KEEP_ALIVE, SUBSTRATE_THREADS, SUBSTRATE_PARALLEL, SUBSTRATE_CONTEXT_SIZE',
     'SUBSTRATE_MESH, SUBSTRATE_MESH_LISTEN, SUBSTRATE_BOOTSTRAP, SUBSTRATE_MDNS, SUBSTRATE_JOB_SLOTS',
     'SUBSTRATE_MESH_STALL_TIMEOUT',
+    'SUBSTRATE_RELAY, SUBSTRATE_RELAY_MAX_RESERVATIONS, SUBSTRATE_RELAY_CLIENT, SUBSTRATE_RANDOM_WALK',
   ],
   flags: serveFlags,
   args: { min: 0, max: 0 },
@@ -150,14 +172,22 @@ function hardwareLines(hw: HardwareInfo): string[][] {
 const info: Command = {
   usage: 'substrate info',
   description:
-    'Shows the hardware the daemon sees (CPU and its SIMD features, memory, GPU, free disk in its\nhome): what decides which models this node can load and what it can offer the mesh.',
+    'Shows the hardware the daemon sees (CPU and its SIMD features, memory, GPU, free disk in its\nhome): what decides which models this node can load and what it can offer the mesh; and how\nother nodes reach it (AutoNAT, relay reservations), as `substrate peers` also shows.',
   examples: ['substrate info', 'substrate info --json | jq .memory'],
   flags: {},
   args: { min: 0, max: 0 },
   async run(ctx) {
-    const hw = await (await ctx.daemon()).info()
+    const daemon = await ctx.daemon()
+    const hw = await daemon.info()
     if (ctx.json) return writeJson(ctx.io.stdout, hw)
     for (const [label, text] of hardwareLines(hw)) ctx.io.stdout.write(`${label!.padEnd(8)}${text}\n`)
+    // What the mesh needs to know about this machine's network: can others reach it, and how.
+    const { reachability } = await daemon.peers()
+    if (reachability !== null)
+      for (const [label, text] of reachabilityLines(reachability))
+        ctx.io.stdout.write(
+          `${(label === 'reachable' ? 'Network' : '').padEnd(8)}${label === 'reachable' ? text : `${label}: ${text}`}\n`,
+        )
   },
 }
 

@@ -71,6 +71,11 @@ const shortNames: Record<string, ConfigKey> = {
   jobslots: 'mesh.jobSlots',
   meshstalltimeout: 'mesh.stallTimeout',
   spotcheckrate: 'mesh.spotCheckRate',
+  relay: 'mesh.relayServe',
+  relayserve: 'mesh.relayServe',
+  relaymaxreservations: 'mesh.relayMaxReservations',
+  relayclient: 'mesh.relayClient',
+  randomwalk: 'mesh.randomWalk',
 }
 const dottedNames = new Map<string, ConfigKey>(configKeys.map((key) => [normalise(key), key]))
 
@@ -149,6 +154,10 @@ const envVars = [
   'SUBSTRATE_JOB_SLOTS',
   'SUBSTRATE_MESH_STALL_TIMEOUT',
   'SUBSTRATE_SPOT_CHECK_RATE',
+  'SUBSTRATE_RELAY',
+  'SUBSTRATE_RELAY_MAX_RESERVATIONS',
+  'SUBSTRATE_RELAY_CLIENT',
+  'SUBSTRATE_RANDOM_WALK',
 ]
 
 function envLayer(env: NodeJS.ProcessEnv): Layer {
@@ -227,6 +236,8 @@ const numericKeys = new Set<ConfigKey>([
   'mesh.jobSlots',
   'models.quota',
   'mesh.stallTimeout',
+  'mesh.relayMaxReservations',
+  'mesh.randomWalk',
 ])
 
 /** Validates one value in its layer and returns it ready for configSchema. */

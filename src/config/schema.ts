@@ -32,6 +32,10 @@ export const configKeys = [
   'models.ollamaRegistry',
   'mesh.stallTimeout',
   'mesh.spotCheckRate',
+  'mesh.relayServe',
+  'mesh.relayMaxReservations',
+  'mesh.relayClient',
+  'mesh.randomWalk',
 ] as const
 export type ConfigKey = (typeof configKeys)[number]
 
@@ -116,8 +120,10 @@ const booleanSchema = z.union([
     .transform((v) => v === 'true' || v === '1' || v === 'yes' || v === 'on'),
 ])
 
-// A TCP multiaddr over IPv4, IPv6 or DNS; bootstrap peers must also name the peer.
-const tcpMultiaddr = /^\/(ip4|ip6|dns|dns4|dns6)\/[^/\s]+\/tcp\/\d{1,5}(\/p2p\/[1-9A-HJ-NP-Za-km-z]{40,60})?$/
+// A TCP or WebSockets (TCP + /ws) multiaddr over IPv4, IPv6 or DNS; bootstrap peers must
+// also name the peer.
+const tcpMultiaddr =
+  /^\/(ip4|ip6|dns|dns4|dns6)\/[^/\s]+\/tcp\/\d{1,5}(\/ws)?(\/p2p\/[1-9A-HJ-NP-Za-km-z]{40,60})?$/
 const peerMultiaddr = /\/p2p\/[1-9A-HJ-NP-Za-km-z]{40,60}$/
 
 /** A list of multiaddrs: a TOML array, or one comma-separated string (env and flags). */
@@ -221,11 +227,12 @@ export const leafSchemas = {
   'mesh.enabled': { schema: booleanSchema, expect: 'true or false' },
   'mesh.listen': {
     schema: multiaddrList(false),
-    expect: 'TCP multiaddrs, comma-separated (like "/ip4/127.0.0.1/tcp/4435")',
+    expect:
+      'TCP or WebSockets multiaddrs, comma-separated (like "/ip4/127.0.0.1/tcp/4435" or "/ip4/0.0.0.0/tcp/4436/ws")',
   },
   'mesh.bootstrap': {
     schema: multiaddrList(true),
-    expect: 'TCP multiaddrs ending in /p2p/<peer id>, comma-separated',
+    expect: 'TCP or WebSockets multiaddrs ending in /p2p/<peer id>, comma-separated',
   },
   'mesh.mdns': { schema: booleanSchema, expect: 'true or false' },
   'mesh.jobSlots': { schema: positiveInt, expect: 'an integer of at least 1 (mesh jobs served at once)' },
@@ -266,6 +273,16 @@ export const leafSchemas = {
   'mesh.spotCheckRate': {
     schema: shareSchema,
     expect: 'a number from 0 to 1 (the share of our receipts sent for a spot check)',
+  },
+  'mesh.relayServe': { schema: booleanSchema, expect: 'true or false' },
+  'mesh.relayMaxReservations': {
+    schema: z.number().int().min(1).max(1024),
+    expect: 'an integer from 1 to 1024 (relay reservations held for other nodes at once)',
+  },
+  'mesh.relayClient': { schema: booleanSchema, expect: 'true or false' },
+  'mesh.randomWalk': {
+    schema: z.number().int().min(0).max(1000),
+    expect: 'an integer from 0 (off) to 1000 (walk the DHT while fewer peers are connected)',
   },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
@@ -329,6 +346,16 @@ export const configSchema = z
         stallTimeout: leafSchemas['mesh.stallTimeout'].schema.prefault('30s'),
         /** Share of the receipts we countersign that a third node re-checks (DESIGN.md step 8; governance later). */
         spotCheckRate: leafSchemas['mesh.spotCheckRate'].schema.default(0.05),
+        /**
+         * Serve as a circuit relay for nodes behind NATs: opt-in, since it spends this node's
+         * bandwidth on others' traffic. Each relayed connection is limited (10 min, 64 MiB).
+         */
+        relayServe: leafSchemas['mesh.relayServe'].schema.default(false),
+        relayMaxReservations: leafSchemas['mesh.relayMaxReservations'].schema.default(32),
+        /** Reserve a slot on a relay found in the mesh, so a node behind a NAT can be dialled. */
+        relayClient: leafSchemas['mesh.relayClient'].schema.default(true),
+        /** Walk the DHT from random keys while fewer than this many peers are connected (0: off). */
+        randomWalk: leafSchemas['mesh.randomWalk'].schema.default(8),
       })
       .prefault({}),
     models: z

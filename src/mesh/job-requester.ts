@@ -145,6 +145,8 @@ export function createJobRequester(
       raw = await libp2p.dialProtocol(workerPeer, JOB_PROTOCOL, {
         signal: dialSignal,
         negotiateFully: false,
+        // A worker behind a NAT is reachable only through a relay (a limited connection).
+        runOnLimitedConnection: true,
       })
     } catch (cause) {
       if (signal?.aborted === true) throw new SubstrateError('E_CANCELLED', 'job cancelled', { cause })

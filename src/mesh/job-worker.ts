@@ -406,8 +406,10 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
             stream.abort(toSubstrateError(err))
           })
         },
-        // Room beyond the job slots and the queue so a busy worker can still answer "busy".
-        { maxInboundStreams: maxConcurrentJobs + maxQueuedJobs + 32 },
+        // Room beyond the job slots and the queue so a busy worker can still answer "busy". A
+        // requester may reach us only through a relay (we are behind a NAT): jobs run on such
+        // a limited connection too, within the relay's duration and data limits.
+        { maxInboundStreams: maxConcurrentJobs + maxQueuedJobs + 32, runOnLimitedConnection: true },
       )
     },
     async stop() {

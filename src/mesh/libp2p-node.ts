@@ -1,11 +1,21 @@
-// The node's libp2p host: one place that decides transports, encryption, muxing, discovery
-// and limits, so the mesh subsystems (capacity gossip, the job protocol) only see a started
-// host with `pubsub` and `dht` services. It runs under the node's own identity key, so the
-// PeerId other peers dial is the id that signs every envelope.
+// The node's libp2p host: one place that decides transports, encryption, muxing, discovery,
+// NAT traversal and limits, so the mesh subsystems (capacity gossip, the job protocol) only
+// see a started host with `pubsub` and `dht` services. It runs under the node's own identity
+// key, so the PeerId other peers dial is the id that signs every envelope.
+//
+// Real networks: TCP and WebSockets listeners; AutoNAT (v2) asks peers to dial our public
+// addresses back, and only confirmed ones are shared; every node can dial and listen through circuit relay v2 (it reserves a slot on a
+// relay it finds, and advertises the /p2p-circuit address), and DCUtR tries to upgrade a
+// relayed connection to a direct one by hole punching. Serving as a relay is opt-in, with
+// limits on reservations and on each relayed connection. The peer store lives on disk when
+// `datastorePath` is set, so a restart reconnects to known peers without bootstrap.
 
 import { noise } from '@chainsafe/libp2p-noise'
+import { autoNATv2 } from '@libp2p/autonat-v2'
 import { bootstrap } from '@libp2p/bootstrap'
+import { type CircuitRelayService, circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
+import { dcutr } from '@libp2p/dcutr'
 import { type GossipSub, gossipsub } from '@libp2p/gossipsub'
 import { createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { type Identify, identify } from '@libp2p/identify'
@@ -20,12 +30,21 @@ import {
 import { mdns } from '@libp2p/mdns'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
+import { webSockets } from '@libp2p/websockets'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
 import { SubstrateError } from '../errors.ts'
 import { type Identity, privateKeySeed } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
+import { openDatastore } from '../store/datastore.ts'
+import {
+  type RandomWalkDiscovery,
+  type Reachability,
+  type ReachabilityService,
+  randomWalkDiscovery,
+  reachabilityService,
+} from './libp2p-services.ts'
 
 /** Every mesh protocol id starts with this, so a Substrate DHT never merges with IPFS's. */
 export const PROTOCOL_PREFIX = '/substrate'
@@ -38,11 +57,35 @@ export type MeshServices = {
   ping: Ping
   dht: KadDHT
   pubsub: GossipSub
+  autoNAT: unknown
+  dcutr: unknown
+  reachability: ReachabilityService
+  randomWalk?: RandomWalkDiscovery
+  relay?: CircuitRelayService
 }
 export type MeshLibp2p = Libp2p<MeshServices>
 
+export interface RelayServeInit {
+  /** Reservations this relay holds at once. */
+  maxReservations?: number
+  /** How long a reservation lasts before the client must refresh it. */
+  reservationTtlMs?: number
+  /** Each relayed connection is closed after this long… */
+  connectionDurationMs?: number
+  /** …or after this many bytes (both directions together). */
+  connectionDataBytes?: number
+}
+
+/** Limits a relay applies when `relay.serve` is on and none are configured. */
+export const RELAY_DEFAULTS = {
+  maxReservations: 32,
+  reservationTtlMs: 60 * 60_000,
+  connectionDurationMs: 10 * 60_000,
+  connectionDataBytes: 64 * 1024 * 1024,
+} as const satisfies Required<RelayServeInit>
+
 export interface MeshNodeInit {
-  /** Multiaddrs to listen on; tests and the default use loopback only. */
+  /** Multiaddrs to listen on (TCP, and WebSockets with `/ws`); tests and the default use loopback only. */
   listen?: string[]
   /** Multiaddrs of known peers, each ending in `/p2p/<peer id>`. */
   bootstrap?: string[]
@@ -57,6 +100,20 @@ export interface MeshNodeInit {
   maxConnections?: number
   /** Dial peers found by mDNS or bootstrap; off means discovery only fills the peer store. */
   dialOnDiscovery?: boolean
+  /** Reserve a slot on a relay found in the mesh and advertise the relayed address (default on). */
+  relayClient?: boolean
+  /** Serve as a circuit relay for other nodes: off unless set. */
+  relayServe?: RelayServeInit | false
+  /** Walk the DHT from random keys while fewer than this many peers are connected (0: off). */
+  randomWalkMinConnections?: number
+  randomWalkIntervalMs?: number
+  /**
+   * SQLite file for the libp2p datastore (peer store, DHT records): with it, known peers and
+   * their addresses survive a restart. Without it, everything is in memory.
+   */
+  datastorePath?: string
+  /** After start, dial at most this many peers remembered from the last run (default 8). */
+  reconnectPeers?: number
 }
 
 export interface MeshNode {
@@ -67,8 +124,17 @@ export interface MeshNode {
   multiaddrs(): string[]
   /** Connects to a peer by multiaddr (with `/p2p/<id>`); bounded by `timeoutMs`. */
   dial(addr: string, timeoutMs?: number): Promise<void>
+  /** How others can reach this node: AutoNAT's verdicts and relay reservations. */
+  reachability(): NodeReachability
+  /** How we are connected to a peer right now: directly, only through a relay, or not at all. */
+  connectionKind(peer: string): 'direct' | 'relayed' | undefined
   start(): Promise<void>
   stop(): Promise<void>
+}
+
+export interface NodeReachability extends Reachability {
+  /** When serving as a relay: how many reservations we hold for others. */
+  relayServing: { reservations: number; maxReservations: number } | null
 }
 
 const peerInfoMappers = {
@@ -85,49 +151,96 @@ export async function createMeshNode(
   const privateKey = await generateKeyPairFromSeed('Ed25519', privateKeySeed(components.identity))
   const bootstrapList = init.bootstrap ?? []
 
-  const libp2p = await createLibp2p({
-    start: false,
-    privateKey,
-    addresses: { listen: init.listen ?? ['/ip4/127.0.0.1/tcp/0'] },
-    transports: [tcp()],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    peerDiscovery: [
-      ...(bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList })] : []),
-      ...(init.mdns === true ? [mdns({ interval: init.mdnsIntervalMs ?? 10_000 })] : []),
-    ],
-    connectionManager: {
-      maxConnections: init.maxConnections ?? 100,
-      maxIncomingPendingConnections: 10,
-      dialTimeout: 10_000,
-    },
-    services: {
-      identify: identify(),
-      ping: ping(),
-      dht: kadDHT({
-        protocol: DHT_PROTOCOL,
-        // A private mesh has no public DHT servers to lean on: every node serves.
-        clientMode: false,
-        peerInfoMapper: peerInfoMappers[init.dhtAddresses ?? 'all'],
-      }),
-      pubsub: gossipsub({
-        // Capacity records are re-published every few seconds; a node alone on the topic
-        // must not treat that as an error.
-        allowPublishToZeroTopicPeers: true,
-        scoreParams: {
-          topics: {
-            // Every invalid record costs its forwarder score, so a spammer is pruned,
-            // then graylisted; decay lets an honest peer with one bad relay recover.
-            [CAPACITY_TOPIC]: createTopicScoreParams({
-              topicWeight: 1,
-              invalidMessageDeliveriesWeight: -100,
-              invalidMessageDeliveriesDecay: 0.5,
-            }),
+  const relayServe =
+    init.relayServe === false || init.relayServe === undefined
+      ? undefined
+      : { ...RELAY_DEFAULTS, ...init.relayServe }
+  const listen = [
+    ...(init.listen ?? ['/ip4/127.0.0.1/tcp/0']),
+    // Search the mesh for a relay and listen through it (one reservation).
+    ...(init.relayClient === false ? [] : ['/p2p-circuit']),
+  ]
+  const datastore = init.datastorePath === undefined ? undefined : openDatastore(init.datastorePath)
+  const randomWalkMin = init.randomWalkMinConnections ?? 0
+
+  let libp2p: MeshLibp2p
+  try {
+    libp2p = await createLibp2p({
+      start: false,
+      privateKey,
+      ...(datastore === undefined ? {} : { datastore }),
+      // Remembered addresses outlive a night offline; libp2p's default forgets them after an hour.
+      peerStore: { maxAddressAge: 7 * 24 * 3_600_000, maxPeerAge: 7 * 24 * 3_600_000 },
+      addresses: { listen },
+      transports: [tcp(), webSockets(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
+      connectionEncrypters: [noise()],
+      streamMuxers: [yamux()],
+      peerDiscovery: [
+        ...(bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList })] : []),
+        ...(init.mdns === true ? [mdns({ interval: init.mdnsIntervalMs ?? 10_000 })] : []),
+      ],
+      connectionManager: {
+        maxConnections: init.maxConnections ?? 100,
+        maxIncomingPendingConnections: 10,
+        dialTimeout: 10_000,
+      },
+      services: {
+        identify: identify(),
+        ping: ping(),
+        // AutoNAT v2: the peer dials back on a new connection and proves it with a nonce (v1
+        // in this release closes the connection the request came on when it is already open).
+        autoNAT: autoNATv2(),
+        dcutr: dcutr(),
+        reachability: reachabilityService(),
+        dht: kadDHT({
+          protocol: DHT_PROTOCOL,
+          // A private mesh has no public DHT servers to lean on: every node serves.
+          clientMode: false,
+          peerInfoMapper: peerInfoMappers[init.dhtAddresses ?? 'all'],
+        }),
+        pubsub: gossipsub({
+          // Capacity records are re-published every few seconds; a node alone on the topic
+          // must not treat that as an error.
+          allowPublishToZeroTopicPeers: true,
+          scoreParams: {
+            topics: {
+              // Every invalid record costs its forwarder score, so a spammer is pruned,
+              // then graylisted; decay lets an honest peer with one bad relay recover.
+              [CAPACITY_TOPIC]: createTopicScoreParams({
+                topicWeight: 1,
+                invalidMessageDeliveriesWeight: -100,
+                invalidMessageDeliveriesDecay: 0.5,
+              }),
+            },
           },
-        },
-      }),
-    },
-  })
+        }),
+        ...(randomWalkMin > 0
+          ? {
+              randomWalk: randomWalkDiscovery({
+                minConnections: randomWalkMin,
+                ...(init.randomWalkIntervalMs === undefined ? {} : { intervalMs: init.randomWalkIntervalMs }),
+              }),
+            }
+          : {}),
+        ...(relayServe === undefined
+          ? {}
+          : {
+              relay: circuitRelayServer({
+                reservations: {
+                  maxReservations: relayServe.maxReservations,
+                  reservationTtl: relayServe.reservationTtlMs,
+                  applyDefaultLimit: true,
+                  defaultDurationLimit: relayServe.connectionDurationMs,
+                  defaultDataLimit: BigInt(relayServe.connectionDataBytes),
+                },
+              }),
+            }),
+      },
+    })
+  } catch (err) {
+    datastore?.close()
+    throw err
+  }
   const peerId = libp2p.peerId.toString()
   if (peerId !== components.identity.id) {
     throw new Error(`libp2p peer id ${peerId} does not match identity ${components.identity.id}`)
@@ -142,6 +255,25 @@ export async function createMeshNode(
     })
   }
 
+  // Peers remembered from the last run (the peer store is on disk): dial a few, so a restart
+  // rejoins the mesh even when the bootstrap peers are gone. The DHT and gossip do the rest.
+  const reconnect = async (max: number) => {
+    const started = performance.now()
+    const known = await libp2p.peerStore.all({
+      filters: [(p) => p.addresses.length > 0 && !p.id.equals(libp2p.peerId)],
+    })
+    const picked = known.sort(() => Math.random() - 0.5).slice(0, max)
+    const results = await Promise.allSettled(
+      picked.map((p) => libp2p.dial(p.id, { signal: AbortSignal.timeout(10_000) })),
+    )
+    log.info('reconnected to remembered peers', {
+      known: known.length,
+      tried: picked.length,
+      connected: results.filter((r) => r.status === 'fulfilled').length,
+      ms: Math.round(performance.now() - started),
+    })
+  }
+
   return {
     libp2p,
     peerId,
@@ -153,14 +285,39 @@ export async function createMeshNode(
         throw new SubstrateError('E_PEER_GONE', `cannot reach peer ${addr}: ${String(cause)}`, { cause })
       }
     },
+    reachability() {
+      const relay = libp2p.services.relay
+      return {
+        ...libp2p.services.reachability.reachability(),
+        relayServing:
+          relay === undefined || relayServe === undefined
+            ? null
+            : { reservations: relay.reservations.size, maxReservations: relayServe.maxReservations },
+      }
+    },
+    connectionKind(peer) {
+      const conns = libp2p
+        .getConnections()
+        .filter((c) => c.remotePeer.toString() === peer && c.status === 'open')
+      if (conns.length === 0) return undefined
+      return conns.some((c) => c.limits === undefined && !c.remoteAddr.toString().includes('/p2p-circuit'))
+        ? 'direct'
+        : 'relayed'
+    },
     async start() {
       if (init.dialOnDiscovery ?? true) libp2p.addEventListener('peer:discovery', onDiscovery)
       await libp2p.start()
-      log.info('libp2p started', { peer: peerId, addrs: libp2p.getMultiaddrs().map(String) })
+      log.info('libp2p started', {
+        peer: peerId,
+        addrs: libp2p.getMultiaddrs().map(String),
+        ...(relayServe === undefined ? {} : { relay: relayServe }),
+      })
+      if (datastore !== undefined) void reconnect(init.reconnectPeers ?? 8)
     },
     async stop() {
       libp2p.removeEventListener('peer:discovery', onDiscovery)
       await libp2p.stop()
+      datastore?.close()
     },
   }
 }

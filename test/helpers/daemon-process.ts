@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { rmSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import { nsFetch } from './netns.ts'
 import { tempHome } from './node.ts'
 
 const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
@@ -20,6 +21,8 @@ export interface DaemonProcess {
   meshAddrs: string[]
   /** the node's peer id */
   id: string
+  /** the network namespace it runs in (its API is only reachable from there), if any */
+  netns?: string
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   stderr(): string
 }
@@ -30,17 +33,31 @@ const running: DaemonProcess[] = []
 export async function startDaemonProcess(
   args: string[] = [],
   startTimeoutMs = 30_000,
+  options: { netns?: string } = {},
 ): Promise<DaemonProcess> {
   const home = tempHome('substrate-mesh-')
   // The daemon must see only what the test gives it: no SUBSTRATE_* of whoever runs the tests.
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('SUBSTRATE_')) env[key] = value
   env.SUBSTRATE_LOG_FORMAT = 'json'
-  const child = spawn(
+  const argv = [
     process.execPath,
-    [cliEntry, 'serve', '--home', home, '--host', '127.0.0.1', '--port', '0', '--threads', '1', ...args],
-    { env, stdio: ['ignore', 'ignore', 'pipe'] },
-  )
+    cliEntry,
+    'serve',
+    '--home',
+    home,
+    '--host',
+    '127.0.0.1',
+    '--port',
+    '0',
+    '--threads',
+    '1',
+    ...args,
+  ]
+  // `ip netns exec` enters the namespace and then execs node: the child's pid is the daemon's.
+  const [command, ...rest] =
+    options.netns === undefined ? argv : ['ip', 'netns', 'exec', options.netns, ...argv]
+  const child = spawn(command!, rest, { env, stdio: ['ignore', 'ignore', 'pipe'] })
   assert.ok(child.pid !== undefined, 'serve did not start')
   let stderr = ''
   child.stderr?.setEncoding('utf8')
@@ -59,10 +76,11 @@ export async function startDaemonProcess(
       .find((e) => typeof e.msg === 'string' && e.msg.endsWith(' ready') && typeof e.url === 'string')
     if (ready !== undefined) {
       const url = String(ready.url)
-      const status = (await (await fetch(`${url}/substrate/v1/status`)).json()) as {
-        id: string
-        mesh: { addrs: string[] } | null
-      }
+      const status = JSON.parse(
+        options.netns === undefined
+          ? await (await fetch(`${url}/substrate/v1/status`)).text()
+          : (await nsFetch(options.netns, `${url}/substrate/v1/status`)).body,
+      ) as { id: string; mesh: { addrs: string[] } | null }
       const daemon: DaemonProcess = {
         child,
         pid: child.pid,
@@ -70,6 +88,7 @@ export async function startDaemonProcess(
         url,
         id: status.id,
         meshAddrs: status.mesh?.addrs ?? [],
+        ...(options.netns === undefined ? {} : { netns: options.netns }),
         exited,
         stderr: () => stderr,
       }

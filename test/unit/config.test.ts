@@ -268,7 +268,7 @@ describe('models config', () => {
 describe('mesh config', () => {
   const peer = '12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo'
 
-  test('defaults: mesh on, loopback listener on any port, no bootstrap, no mDNS, 2 job slots, 5 % spot checks', () => {
+  test('defaults: mesh on, loopback listener on any port, no bootstrap, no mDNS, 2 job slots, 5 % spot checks, no relay serving', () => {
     const config = loadConfig({ env: {}, home: homeWith() })
     assert.deepEqual(config.mesh, {
       enabled: true,
@@ -278,7 +278,39 @@ describe('mesh config', () => {
       jobSlots: 2,
       stallTimeout: 30_000,
       spotCheckRate: 0.05,
+      relayServe: false,
+      relayMaxReservations: 32,
+      relayClient: true,
+      randomWalk: 8,
     })
+  })
+
+  test('relay, random walk and WebSockets listeners are configurable, and bad values are refused', () => {
+    const config = loadConfig({
+      env: { SUBSTRATE_RELAY: 'on', SUBSTRATE_RANDOM_WALK: '0' },
+      home: homeWith('[mesh]\nrelay_max_reservations = 4\nrelay_client = false\n'),
+      flags: { 'mesh-listen': '/ip4/0.0.0.0/tcp/4435,/ip4/0.0.0.0/tcp/4436/ws' },
+    })
+    assert.equal(config.mesh.relayServe, true)
+    assert.equal(config.mesh.relayMaxReservations, 4)
+    assert.equal(config.mesh.relayClient, false)
+    assert.equal(config.mesh.randomWalk, 0)
+    assert.deepEqual(config.mesh.listen, ['/ip4/0.0.0.0/tcp/4435', '/ip4/0.0.0.0/tcp/4436/ws'])
+    rejects(
+      () => loadConfig({ env: { SUBSTRATE_RELAY_MAX_RESERVATIONS: '0' }, home: homeWith() }),
+      'E_CONFIG',
+      'SUBSTRATE_RELAY_MAX_RESERVATIONS: mesh.relayMaxReservations must be an integer from 1 to 1024',
+    )
+    rejects(
+      () => loadConfig({ env: {}, home: homeWith(), flags: { 'random-walk': '-1' } }),
+      'E_INVALID_ARGUMENT',
+      '--random-walk: mesh.randomWalk must be an integer from 0 (off)',
+    )
+    rejects(
+      () => loadConfig({ env: { SUBSTRATE_RELAY: 'sometimes' }, home: homeWith() }),
+      'E_CONFIG',
+      'SUBSTRATE_RELAY: mesh.relayServe must be true or false',
+    )
   })
 
   test('env carries lists comma-separated and booleans as words', () => {
@@ -342,7 +374,7 @@ describe('mesh config', () => {
     rejects(
       () => loadConfig({ env: { SUBSTRATE_BOOTSTRAP: '/ip4/10.0.0.2/tcp/4435' }, home: homeWith() }),
       'E_CONFIG',
-      /SUBSTRATE_BOOTSTRAP: mesh.bootstrap must be TCP multiaddrs ending in \/p2p\/<peer id>/,
+      /SUBSTRATE_BOOTSTRAP: mesh.bootstrap must be TCP or WebSockets multiaddrs ending in \/p2p\/<peer id>/,
     )
   })
 
@@ -350,7 +382,7 @@ describe('mesh config', () => {
     rejects(
       () => loadConfig({ env: {}, home: homeWith(), flags: { 'mesh-listen': '127.0.0.1:4435' } }),
       'E_INVALID_ARGUMENT',
-      '--mesh-listen: mesh.listen must be TCP multiaddrs',
+      '--mesh-listen: mesh.listen must be TCP or WebSockets multiaddrs',
     )
     rejects(
       () => loadConfig({ env: { SUBSTRATE_MDNS: 'maybe' }, home: homeWith() }),
