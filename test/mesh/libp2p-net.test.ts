@@ -48,7 +48,7 @@ describe('libp2p for real networks', () => {
     const ws = a.multiaddrs().find((m) => m.includes('/ws/'))
     assert.ok(ws, `no /ws address in ${a.multiaddrs().join(' ')}`)
     const b = await node()
-    await b.dial(ws, 5_000)
+    await b.dial(ws, 30_000)
     const conn = b.libp2p.getConnections(peerIdFromString(a.peerId))[0]
     assert.ok(conn)
     assert.match(conn.remoteAddr.toString(), /\/ws/)
@@ -60,7 +60,7 @@ describe('libp2p for real networks', () => {
     const plain = await node()
     // A node that does not serve as a relay is never used as one.
     const behind = await node({ bootstrap: [plain.multiaddrs()[0]!, relay.multiaddrs()[0]!] })
-    await waitFor(() => behind.reachability().relays.length > 0, 'a relay reservation', 15_000)
+    await waitFor(() => behind.reachability().relays.length > 0, 'a relay reservation', 30_000)
     const r = behind.reachability()
     assert.deepEqual(r.relays, [relay.peerId])
     assert.equal(r.status, 'relayed')
@@ -82,11 +82,11 @@ describe('libp2p for real networks', () => {
       { runOnLimitedConnection: true },
     )
     const requester = await node()
-    await requester.dial(circuit, 10_000)
+    await requester.dial(circuit, 30_000)
     assert.equal(requester.connectionKind(behind.peerId), 'relayed')
     const stream = await requester.libp2p.dialProtocol(peerIdFromString(behind.peerId), TEST_PROTOCOL, {
       runOnLimitedConnection: true,
-      signal: AbortSignal.timeout(5_000),
+      signal: AbortSignal.timeout(30_000),
     })
     stream.send(new TextEncoder().encode('through the relay'))
     await stream.close()
@@ -98,9 +98,9 @@ describe('libp2p for real networks', () => {
   test('a relay refuses reservations beyond its limit', async () => {
     const relay = await node({ relayServe: { maxReservations: 1 } })
     const first = await node({ bootstrap: [relay.multiaddrs()[0]!] })
-    await waitFor(() => first.reachability().relays.length > 0, 'the first reservation', 15_000)
+    await waitFor(() => first.reachability().relays.length > 0, 'the first reservation', 30_000)
     const second = await node({ bootstrap: [relay.multiaddrs()[0]!] })
-    await waitFor(() => second.libp2p.getConnections().length > 0, 'the second node to connect')
+    await waitFor(() => second.libp2p.getConnections().length > 0, 'the second node to connect', 30_000)
     // Give it time to try; the relay must stay at its one reservation.
     await new Promise((r) => setTimeout(r, 1_500))
     assert.deepEqual(second.reachability().relays, [])
@@ -113,10 +113,13 @@ describe('libp2p for real networks', () => {
     const peer = await node()
     const identity = generateIdentity()
     const first = await node({ datastorePath, bootstrap: [peer.multiaddrs()[0]!] }, identity)
-    await waitFor(() => first.connectionKind(peer.peerId) === 'direct', 'the bootstrap connection')
-    // Identify has written the peer's addresses to the peer store by now.
-    await waitFor(() => peer.libp2p.getConnections().length > 0, 'the connection on both sides')
-    await new Promise((r) => setTimeout(r, 300))
+    await waitFor(() => first.connectionKind(peer.peerId) === 'direct', 'the bootstrap connection', 30_000)
+    // Wait for identify to write the peer's addresses and protocols to the peer store.
+    const deadline = Date.now() + 30_000
+    while ((await first.libp2p.peerStore.get(peerIdFromString(peer.peerId))).protocols.length === 0) {
+      assert.ok(Date.now() < deadline, 'identify did not complete within 30 s')
+      await new Promise((r) => setTimeout(r, 50))
+    }
     await first.stop()
     started.splice(started.indexOf(first), 1)
 
@@ -127,13 +130,17 @@ describe('libp2p for real networks', () => {
     assert.ok(keys.length >= 1, 'no peer was written to disk')
 
     const second = await node({ datastorePath }, identity)
-    await waitFor(() => second.connectionKind(peer.peerId) === 'direct', 'a reconnection from the peer store')
+    await waitFor(
+      () => second.connectionKind(peer.peerId) === 'direct',
+      'a reconnection from the peer store',
+      30_000,
+    )
   })
 
   test('a node with the random walk on reaches peers its bootstrap list does not name', async () => {
     const hub = await node()
     const far = await node({ bootstrap: [hub.multiaddrs()[0]!] })
-    await waitFor(() => hub.libp2p.getConnections().length > 0, 'far to join the hub')
+    await waitFor(() => hub.libp2p.getConnections().length > 0, 'far to join the hub', 30_000)
     const walker = await node({
       bootstrap: [hub.multiaddrs()[0]!],
       randomWalkMinConnections: 5,
@@ -141,7 +148,7 @@ describe('libp2p for real networks', () => {
     })
     // In a mesh this small the DHT's own self-query already meets every peer; the test
     // below shows what the walk itself does.
-    await waitFor(() => walker.connectionKind(far.peerId) !== undefined, 'the walker to reach far', 15_000)
+    await waitFor(() => walker.connectionKind(far.peerId) !== undefined, 'the walker to reach far', 30_000)
     assert.ok(walker.libp2p.services.randomWalk, 'the random walk service is on')
   })
 
@@ -172,7 +179,7 @@ describe('libp2p for real networks', () => {
     })
     service.start()
     try {
-      await waitFor(() => connected.size >= 3, 'three connections')
+      await waitFor(() => connected.size >= 3, 'three connections', 30_000)
       const walksWhenEnough = walks
       await new Promise((r) => setTimeout(r, 200))
       // The already connected peer is skipped, the next two are dialled, and no walk starts
@@ -181,7 +188,7 @@ describe('libp2p for real networks', () => {
       assert.equal(service.found, 2)
       assert.equal(walks, walksWhenEnough)
       connected.delete(peers[1]!.toString())
-      await waitFor(() => connected.size >= 3, 'a replacement after a peer left')
+      await waitFor(() => connected.size >= 3, 'a replacement after a peer left', 30_000)
       assert.ok(walks > walksWhenEnough)
     } finally {
       service.stop()

@@ -41,10 +41,12 @@ describe('mesh libp2p node', () => {
 
   test('two nodes connect and ping each other over Noise and Yamux', async () => {
     const [a, b] = [peers[0]!, peers[1]!]
+    // Generous: on this shared 2-core machine a load average above 20 stretches the first
+    // stream on a new connection to seconds.
     const rtt = await a.mesh.libp2p.services.ping.ping(peerIdFromString(b.identity.id), {
-      signal: AbortSignal.timeout(5_000),
+      signal: AbortSignal.timeout(30_000),
     })
-    assert.ok(rtt >= 0 && rtt < 1_000, `ping took ${rtt} ms`)
+    assert.ok(rtt >= 0 && rtt < 30_000, `ping took ${rtt} ms`)
     const conn = a.mesh.libp2p.getConnections(peerIdFromString(b.identity.id))[0]
     assert.ok(conn)
     assert.equal(conn.encryption, '/noise')
