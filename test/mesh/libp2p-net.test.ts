@@ -12,6 +12,7 @@ import { after, describe, test } from 'node:test'
 import type { ComponentLogger, PeerId } from '@libp2p/interface'
 import type { ConnectionManager } from '@libp2p/interface-internal'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { Key } from 'interface-datastore'
 import { generateIdentity, type Identity } from '../../src/identity/keys.ts'
 import { silentLogger } from '../../src/logger.ts'
@@ -82,9 +83,12 @@ describe('libp2p for real networks', () => {
       { runOnLimitedConnection: true },
     )
     const requester = await node()
-    await requester.dial(circuit, 30_000)
+    const relayed = await requester.libp2p.dial(multiaddr(circuit), { signal: AbortSignal.timeout(30_000) })
     assert.equal(requester.connectionKind(behind.peerId), 'relayed')
-    const stream = await requester.libp2p.dialProtocol(peerIdFromString(behind.peerId), TEST_PROTOCOL, {
+    assert.ok(relayed.limits !== undefined, 'a relayed connection carries the relay limits')
+    // On this very connection: dialProtocol by peer id would first try the peer's direct
+    // (loopback) address, which in one process is reachable.
+    const stream = await relayed.newStream(TEST_PROTOCOL, {
       runOnLimitedConnection: true,
       signal: AbortSignal.timeout(30_000),
     })
