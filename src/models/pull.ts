@@ -163,21 +163,26 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
       const saved = local(writeFile(infoPath, JSON.stringify(info)))
       saved.catch(() => {}) // awaited below; this only keeps an early failure from going unhandled
       report(have, total, true)
-      for await (const chunk of res as AsyncIterable<Buffer>) {
-        await local(out.write(chunk, have))
-        hash.update(chunk)
-        have += chunk.length
-        report(have, total)
-        if (have > cap) {
-          res.destroy()
-          throw new SubstrateError(
-            'E_QUOTA_EXCEEDED',
-            `${url} is larger than the ${cap} bytes the model store quota has left`,
-            {
-              hint: 'remove models (substrate rm) or raise models.quota',
-            },
-          )
+      const writer = batchedWriter(out, have)
+      try {
+        for await (const chunk of res as AsyncIterable<Buffer>) {
+          if (have + chunk.length > cap) {
+            res.destroy()
+            throw new SubstrateError(
+              'E_QUOTA_EXCEEDED',
+              `${url} is larger than the ${cap} bytes the model store quota has left`,
+              { hint: 'remove models (substrate rm) or raise models.quota' },
+            )
+          }
+          hash.update(chunk)
+          have += chunk.length
+          await writer.push(chunk)
+          report(have, total)
         }
+      } finally {
+        // Every byte counted in `have` (and hashed) is on its way to disk before a retry or a
+        // resume relies on it; a failed write surfaces here, typed.
+        await writer.drain()
       }
       await saved
       if (total !== undefined && have !== total) {
@@ -247,6 +252,69 @@ function classify(
     `download of ${url} stopped at byte ${have}: ${why}; the partial download is kept and can be resumed`,
     { hint: 'run the same pull again to resume where it stopped', cause: err },
   )
+}
+
+/** Bytes gathered before one write: fewer, larger writes than the socket's 64 KiB reads. */
+const WRITE_BATCH = 4 << 20
+/** Written bytes after which a flush to disk starts in the background (see batchedWriter). */
+const FLUSH_EVERY = 64 << 20
+
+/**
+ * Writes a stream's chunks in batches (one writev each, no copying), one batch in flight
+ * while the next fills, so the disk works while the socket is read and hashed. Every
+ * FLUSH_EVERY bytes an fsync starts in the background: the final fsync then has only the
+ * tail to write instead of the whole file. Memory stays at about two batches.
+ */
+function batchedWriter(out: WritableFile, position: number) {
+  let pending: Buffer[] = []
+  let pendingBytes = 0
+  let at = position
+  let inflight: Promise<unknown> = Promise.resolve()
+  let unflushed = 0
+  let flushing: Promise<void> | undefined
+  const start = () => {
+    const data = pending
+    const write = local(
+      out.writev !== undefined ? out.writev(data, at) : out.write(Buffer.concat(data, pendingBytes), at),
+    )
+    write.catch(() => {}) // awaited by the next push or by drain; this only keeps it from going unhandled
+    at += pendingBytes
+    unflushed += pendingBytes
+    pending = []
+    pendingBytes = 0
+    if (unflushed >= FLUSH_EVERY && flushing === undefined) {
+      unflushed = 0
+      // Only a head start for the final fsync, which is the one that counts: its failure is ignored here.
+      flushing = write
+        .then(() => out.sync())
+        .then(
+          () => {
+            flushing = undefined
+          },
+          () => {
+            flushing = undefined
+          },
+        )
+    }
+    return write
+  }
+  return {
+    async push(chunk: Buffer): Promise<void> {
+      pending.push(chunk)
+      pendingBytes += chunk.length
+      if (pendingBytes < WRITE_BATCH) return
+      await inflight
+      inflight = start()
+    },
+    /** Resolves once everything pushed is written; rejects with the first failed write. */
+    async drain(): Promise<void> {
+      const last = inflight
+      inflight = Promise.resolve()
+      await last
+      if (pendingBytes > 0) await start()
+      await flushing
+    },
+  }
 }
 
 /** Local file errors are not worth a retry: they become typed (ENOSPC → E_DISK_FULL) at once. */

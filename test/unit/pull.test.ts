@@ -141,22 +141,28 @@ test('a full disk during a pull is E_DISK_FULL, and nothing is half-imported or 
   const { store, tmp, home, close } = await openTestStore(root, {
     openWritable: async (path, flags) => {
       const file = await openWritableFile(path, flags)
+      const fill = (bytes: number) => {
+        written += bytes
+        if (written > 1 << 20) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
+      }
       return {
         ...file,
         write: async (data, position) => {
-          written += data.length
-          if (written > 1 << 20) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' })
+          fill(data.length)
           return file.write(data, position)
+        },
+        writev: async (data, position) => {
+          fill(data.reduce((sum, d) => sum + d.length, 0))
+          return file.writev!(data, position)
         },
       }
     },
   })
-  await assert.rejects(store.pull(server.url('/big.gguf'), {}), code('E_DISK_FULL'))
+  await assert.rejects(store.pull(server.url('/big.gguf'), {}), code('E_DISK_FULL')).finally(server.close)
   assert.equal(server.seen.length, 1, 'a full disk is not retried')
   assert.deepEqual(store.list(), [])
   assert.deepEqual(tmp(), [])
   assert.deepEqual(readdirSync(join(home, 'models', 'blobs')), [])
-  server.close()
   await close()
 })
 
