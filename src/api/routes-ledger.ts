@@ -6,7 +6,7 @@
 import { z } from 'zod'
 import { SubstrateError } from '../errors.ts'
 import { publicKeyFromId } from '../identity/keys.ts'
-import { auditLedger, ledgerStats } from '../ledger/audit.ts'
+import { auditLedgerYielding, ledgerStats } from '../ledger/audit.ts'
 import type { Ledger } from '../ledger/ledger.ts'
 import type { Db } from '../store/database.ts'
 import { listLatestLedgerOps } from '../store/ledger-table.ts'
@@ -84,6 +84,14 @@ const noQuery = z.object({})
 const vouchBody = z.strictObject({ member: z.string().max(128) })
 
 export function ledgerRoutes(c: LedgerRouteComponents): Route[] {
+  // One re-verification at a time: a second request while one runs gets the same answer.
+  let auditing: Promise<LedgerVerifyResponse> | undefined
+  const audit = () => {
+    auditing ??= auditLedgerYielding(c.db, c.ledger).finally(() => {
+      auditing = undefined
+    })
+    return auditing
+  }
   return [
     {
       method: 'GET',
@@ -130,7 +138,7 @@ export function ledgerRoutes(c: LedgerRouteComponents): Route[] {
       path: '/substrate/v1/ledger/verify',
       handler: async (_req, res, url) => {
         readQuery(url, noQuery)
-        const body: LedgerVerifyResponse = auditLedger(c.db, c.ledger)
+        const body: LedgerVerifyResponse = await audit()
         sendJson(res, 200, body)
       },
     },

@@ -2,9 +2,12 @@
 // holds up. Verifying re-checks every stored op from its bytes (signature, body, chain
 // link, the facts the fold read) and folds the whole ledger cold, comparing the result
 // with the live, incrementally kept balances: a disagreement means a bug or a tampered
-// database, never a peer's fault (peers' ops were checked on the way in).
+// database, never a peer's fault (peers' ops were checked on the way in). It costs a few
+// signature checks per op, so it yields to the event loop after every page: the daemon
+// keeps answering while a large ledger is re-verified.
 
 import { createHash } from 'node:crypto'
+import { setImmediate as yieldToLoop } from 'node:timers/promises'
 import type { Db } from '../store/database.ts'
 import {
   countLedgerOps,
@@ -16,7 +19,7 @@ import {
 } from '../store/ledger-table.ts'
 import { allBalances, foldOps, type MemberBalance } from './balances.ts'
 import type { Ledger } from './ledger.ts'
-import { decodeOp, type OpFacts } from './ops.ts'
+import { createVerifiedReceiptCache, decodeOp, type OpFacts, type VerifiedReceiptCache } from './ops.ts'
 
 export interface LedgerProblem {
   author: string
@@ -37,12 +40,33 @@ export interface LedgerAudit {
   tookMs: number
 }
 
-const PAGE = 1000
+const PAGE = 200
 const MAX_LISTED = 100
 
+/** Re-verifies the whole ledger in one go (tools, tests). */
 export function auditLedger(db: Db, ledger: Ledger, now = Date.now()): LedgerAudit {
+  const steps = auditSteps(db, ledger, now)
+  for (;;) {
+    const step = steps.next()
+    if (step.done === true) return step.value
+  }
+}
+
+/** The same, giving the event loop a turn after every page of ops (the daemon's route). */
+export async function auditLedgerYielding(db: Db, ledger: Ledger, now = Date.now()): Promise<LedgerAudit> {
+  const steps = auditSteps(db, ledger, now)
+  for (;;) {
+    const step = steps.next()
+    if (step.done === true) return step.value
+    await yieldToLoop()
+  }
+}
+
+function* auditSteps(db: Db, ledger: Ledger, now: number): Generator<void, LedgerAudit> {
   const started = performance.now()
   const problems: LedgerProblem[] = []
+  // A receipt is usually in two logs (worker's and requester's): verify its signatures once.
+  const receipts = createVerifiedReceiptCache()
   let ops = 0
   const heads = listLedgerHeads(db)
   for (const head of heads) {
@@ -52,7 +76,7 @@ export function auditLedger(db: Db, ledger: Ledger, now = Date.now()): LedgerAud
       const rows = listLedgerOpsOf(db, head.author, from, Math.min(head.seq, from + PAGE - 1))
       for (const row of rows) {
         ops++
-        const problem = recheck(row, prev, prevAt, now)
+        const problem = recheck(row, prev, prevAt, now, receipts)
         if (problem !== undefined && problems.length < MAX_LISTED) {
           problems.push({ author: head.author, seq: row.seq, problem })
         }
@@ -63,6 +87,7 @@ export function auditLedger(db: Db, ledger: Ledger, now = Date.now()): LedgerAud
       if (rows.length !== expected && problems.length < MAX_LISTED) {
         problems.push({ author: head.author, seq: from, problem: `chain has gaps near seq ${from}` })
       }
+      yield
     }
   }
   const frozen = listLedgerForks(db).map((f) => f.author)
@@ -95,9 +120,10 @@ function recheck(
   prev: string | null,
   prevAt: number,
   now: number,
+  receipts: VerifiedReceiptCache,
 ): string | undefined {
   try {
-    const op = decodeOp(row.bytes, { now: Math.max(now, row.at) })
+    const op = decodeOp(row.bytes, { now: Math.max(now, row.at), receipts })
     if (op.cid !== row.cid) return 'stored CID is not the hash of its bytes'
     if (op.seq !== row.seq) return `stored at seq ${row.seq}, signed as seq ${op.seq}`
     if (op.prev !== prev) return 'does not link to the op before it'

@@ -119,12 +119,13 @@ describe('credits across three daemons', () => {
     assert.equal(newcomer.floorLeftToday, newcomer.floorPerDay - credits)
     assert.equal(byMember.has(beta.id), false, 'beta neither earned nor spent')
 
-    // `substrate credits` on each node: the same figures, and the receipt behind them.
+    // `substrate credits` on each node (the CLI for the worker, the API for the newcomer):
+    // the same figures, and the receipt behind them.
     for (const d of all) {
       const w = await cliCredits(d, alpha.id)
       assert.deepEqual(w.balance, worker, `alpha's credits on ${d.id}`)
       assert.deepEqual(w.earnings[0]?.receipts, [served.receipt.cid])
-      const g = await cliCredits(d, gamma.id)
+      const g = await getJson<CreditsResponse>(d, `/substrate/v1/credits?member=${gamma.id}`)
       assert.deepEqual(g.balance, newcomer, `gamma's credits on ${d.id}`)
       assert.deepEqual(g.spending[0]?.receipts, [served.receipt.cid])
     }

@@ -135,6 +135,31 @@ describe('credits and ledger on a daemon', () => {
     }
   })
 
+  test('the daemon keeps answering while verify re-checks a ledger of several pages', async () => {
+    const now = Date.now()
+    const other = generateIdentity()
+    for (let i = 0; i < 250; i++) {
+      const receipt = makeReceipt(other, stranger, { at: now, outputTokens: 1, promptTokens: 0 })
+      t.node.ledger.append(other, { kind: 'receipt', body: { receipt } })
+      // The daemon runs in this process: let its sockets breathe between signatures.
+      if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve))
+    }
+    const order: string[] = []
+    const verify = get<LedgerVerifyResponse>('/substrate/v1/ledger/verify').then((r) => {
+      order.push('verify')
+      return r
+    })
+    // Sent once the verify request is in: the daemon answers it between pages.
+    await new Promise((resolve) => setTimeout(resolve, 50))
+    const status = await fetch(`${t.url}/substrate/v1/status`)
+    order.push('status')
+    assert.equal(status.status, 200)
+    const report = await verify
+    assert.equal(report.body.ok, true, JSON.stringify(report.body.problems))
+    assert.equal(report.body.ops, 253)
+    assert.deepEqual(order, ['status', 'verify'])
+  })
+
   test('bad member ids and bad query parameters are refused with typed errors', async () => {
     const cases: Array<[string, string]> = [
       ['/substrate/v1/credits?member=alice', 'E_LEDGER_BAD_MEMBER'],
@@ -172,16 +197,16 @@ describe('credits and ledger on a daemon', () => {
     assert.ok(human.out.includes(receiptCid))
     const json = await cli(t, ['credits', stranger.id, '--json'])
     assert.equal(json.code, 0, json.err)
-    assert.equal((JSON.parse(json.out) as CreditsResponse).balance.spent, 110)
+    assert.equal((JSON.parse(json.out) as CreditsResponse).balance.spent, 360) // 110 + 250 × 1
 
     const log = await cli(t, ['ledger', 'log', '--limit', '2'])
     assert.equal(log.code, 0, log.err)
     assert.equal(log.out.trimEnd().split('\n').length, 3) // header + 2 ops
     const stats = await cli(t, ['ledger', 'stats', '--json'])
-    assert.equal((JSON.parse(stats.out) as LedgerStatsResponse).receipts, 1)
+    assert.equal((JSON.parse(stats.out) as LedgerStatsResponse).receipts, 251)
     const ok = await cli(t, ['ledger', 'verify'])
     assert.equal(ok.code, 0, ok.err)
-    assert.match(ok.out, /^ok: 3 ops/)
+    assert.match(ok.out, /^ok: 253 ops of 2 authors/)
 
     const badLimit = await cli(t, ['ledger', 'log', '--limit', 'lots'])
     assert.equal(badLimit.code, 2)
