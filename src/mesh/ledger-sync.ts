@@ -139,6 +139,8 @@ interface PeerState {
   queued: boolean
   again: boolean
   notBefore: number
+  /** Until when the peer is left alone for having been hostile (a reconnect does not lift it). */
+  hostileUntil: number
   /** The announced digest we last pulled everything for: no need to pull for it again. */
   pulledFor: Uint8Array | undefined
 }
@@ -349,7 +351,14 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   const stateOf = (peer: string): PeerState => {
     let state = peers.get(peer)
     if (state === undefined) {
-      state = { timer: undefined, queued: false, again: false, notBefore: 0, pulledFor: undefined }
+      state = {
+        timer: undefined,
+        queued: false,
+        again: false,
+        notBefore: 0,
+        hostileUntil: 0,
+        pulledFor: undefined,
+      }
       peers.set(peer, state)
     }
     return state
@@ -392,6 +401,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
           const error = toSubstrateError(err)
           const hostile = error.code === 'E_LEDGER_SYNC_BAD_PEER' || error.code === 'E_PROTOCOL'
           state.notBefore = Date.now() + (hostile ? 10 * failureBackoffMs : failureBackoffMs)
+          if (hostile) state.hostileUntil = state.notBefore
           log.debug('ledger pull failed', { peer, code: error.code, error: error.message })
         })
         .finally(() => {
@@ -558,7 +568,16 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
 
   const speaksSync = (protocols: readonly string[]) => protocols.includes(LEDGER_SYNC_PROTOCOL)
   const onIdentify = (evt: CustomEvent<IdentifyResult>) => {
-    if (speaksSync(evt.detail.protocols)) requestSync(evt.detail.peerId.toString())
+    if (!speaksSync(evt.detail.protocols)) return
+    const peer = evt.detail.peerId.toString()
+    // A new connection is a fresh start after a lost one (a healed partition), not after
+    // hostility; and whatever the peer announced before, pull once now.
+    const state = stateOf(peer)
+    state.notBefore = Math.min(state.notBefore, state.hostileUntil)
+    state.pulledFor = undefined
+    clearTimeout(state.timer)
+    state.timer = undefined
+    requestSync(peer)
   }
   // A peer that starts syncing after we connected tells us by an identify push.
   const onPeerUpdate = (evt: CustomEvent<PeerUpdate>) => {

@@ -2,8 +2,9 @@
 // a real libp2p host, a ledger in an SQLite file and ledger sync. Prints one JSON line
 // `{id, addr, ops}` when up, then `{digest, total, at}` after its ledger changed; reads
 // commands from stdin, one JSON line each:
-//   {dial: multiaddr} · {hangUp: peerId} · {append: n} (n genesis ops of its own)
-//   · {summary: true} · {stop: true}
+//   {dial: multiaddr} · {block: peerId} (hang up, and refuse it until unblocked: a
+//   partition) · {unblock: true} · {append: n} (n genesis ops of its own) · {summary: true}
+//   · {stop: true}
 //
 //   node test/mesh/ledger-sync-process.ts <db path> [sync init as JSON]
 
@@ -46,6 +47,12 @@ await mesh.start()
 await sync.start()
 say({ id: identity.id, addr: mesh.multiaddrs()[0], ops: countLedgerOps(db) })
 
+// A partition: the DHT and the peer store would otherwise redial a peer we hung up on.
+const blocked = new Set<string>()
+mesh.libp2p.addEventListener('peer:connect', (evt) => {
+  if (blocked.has(evt.detail.toString())) void mesh.libp2p.hangUp(evt.detail)
+})
+
 const stop = async () => {
   await sync.stop()
   await mesh.stop()
@@ -56,13 +63,18 @@ const stop = async () => {
 for await (const line of createInterface({ input: process.stdin })) {
   const cmd = JSON.parse(line) as {
     dial?: string
-    hangUp?: string
+    block?: string
+    unblock?: boolean
     append?: number
     summary?: boolean
     stop?: boolean
   }
   if (cmd.dial !== undefined) await mesh.dial(cmd.dial).catch((err: unknown) => say({ error: String(err) }))
-  if (cmd.hangUp !== undefined) await mesh.libp2p.hangUp(peerIdFromString(cmd.hangUp))
+  if (cmd.block !== undefined) {
+    blocked.add(cmd.block)
+    await mesh.libp2p.hangUp(peerIdFromString(cmd.block))
+  }
+  if (cmd.unblock === true) blocked.clear()
   if (cmd.append !== undefined) {
     for (let i = 0; i < cmd.append; i++) ledger.append(identity, { kind: 'member-genesis', body: {} })
   }
