@@ -154,7 +154,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   const log = components.logger.child('ledger-sync')
   const announceIntervalMs = init.announceIntervalMs ?? 5_000
   const minAnnounceGapMs = init.minAnnounceGapMs ?? 100
-  const minSyncGapMs = init.minSyncGapMs ?? 250
+  const minSyncGapMs = init.minSyncGapMs ?? 100
   const failureBackoffMs = init.failureBackoffMs ?? 3_000
   const maxOpsPerSession = init.maxOpsPerSession ?? 20_000
   const maxBytesPerSession = init.maxBytesPerSession ?? 64 * MiB
