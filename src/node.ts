@@ -68,9 +68,18 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     cleanup.unshift(() => ledger.stop())
     // The node key is its own member key for now; a separate member key would sign these
     // two ops instead and bind several nodes (membership.ts).
-    const membership = ensureMembership(ledger, { member: identity, node: identity })
-    if (membership.appended.length > 0) {
-      logger.info('joined the ledger', { member: membership.member, ops: membership.appended })
+    // A node whose own chain is frozen by a fork proof cannot append: it still serves, but
+    // nothing it logs counts, and the log says so.
+    const membership = { member: identity.id }
+    try {
+      const joined = ensureMembership(ledger, { member: identity, node: identity })
+      if (joined.appended.length > 0) {
+        logger.info('joined the ledger', { member: joined.member, ops: joined.appended })
+      }
+    } catch (err) {
+      logger.error('could not join the credits ledger; this node earns and spends nothing', {
+        error: err instanceof Error ? err.message : String(err),
+      })
     }
     // Both sides log each countersigned receipt in their own chain: the worker's and the
     // requester's copies are the same bytes, so the ledger counts it once.

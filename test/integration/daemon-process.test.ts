@@ -295,7 +295,10 @@ describe('the daemon as a process', () => {
     assert.ok(runnerPid !== undefined && isRunning(runnerPid), 'a runner was loaded')
 
     daemon.child.kill('SIGTERM')
-    assert.deepEqual(await within(exitTimeoutMs, 'the daemon stopping', daemon.exited), { code: 0, signal: null })
+    assert.deepEqual(await within(exitTimeoutMs, 'the daemon stopping', daemon.exited), {
+      code: 0,
+      signal: null,
+    })
     assert.ok(await waitUntilGone(runnerPid, 5000), `runner ${runnerPid} outlived its daemon by 5 s`)
     assert.equal(existsSync(join(home, 'daemon.lock')), false)
   })

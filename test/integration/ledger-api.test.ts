@@ -2,6 +2,8 @@
 // receipt it logged as worker for a stranger, and every kind of bad query.
 
 import assert from 'node:assert/strict'
+import { rmSync } from 'node:fs'
+import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { createClient } from '../../src/api/client.ts'
 import type {
@@ -13,10 +15,15 @@ import type {
 } from '../../src/api/types.ts'
 import { main } from '../../src/cli/main.ts'
 import type { Io } from '../../src/cli/render.ts'
+import { parseConfig } from '../../src/config/schema.ts'
 import { SubstrateError } from '../../src/errors.ts'
-import { generateIdentity } from '../../src/identity/keys.ts'
-import { startTestNode, type TestNode } from '../helpers/node.ts'
-import { makeReceipt } from '../ledger/fixtures.ts'
+import { generateIdentity, loadOrCreateIdentity } from '../../src/identity/keys.ts'
+import { createLedgerLog } from '../../src/ledger/log.ts'
+import { createLogger } from '../../src/logger.ts'
+import { createNode } from '../../src/node.ts'
+import { openDatabase } from '../../src/store/database.ts'
+import { startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
+import { chain, genesisOp, makeReceipt } from '../ledger/fixtures.ts'
 
 async function cli(node: TestNode, argv: string[]) {
   let out = ''
@@ -220,5 +227,44 @@ describe('credits and ledger on a daemon', () => {
     const help = await cli(t, ['ledger', '--help'])
     assert.equal(help.code, 0)
     assert.match(help.out, /Usage: substrate ledger log\|verify\|stats/)
+  })
+})
+
+describe('a daemon whose own chain is frozen', () => {
+  test('still starts and serves, says why it cannot join, and shows itself frozen', async () => {
+    const home = tempHome()
+    // Before the first start: a fork proof against this node's key is already in its database
+    // (as if a peer had proven that the key signed two different first ops).
+    const identity = await loadOrCreateIdentity(join(home, 'identity.key'))
+    const db = openDatabase(join(home, 'substrate.db'))
+    const [a, b] = [
+      chain(identity, [genesisOp()])[0]!,
+      chain(identity, [{ kind: 'member-genesis', body: { name: 'x' } }])[0]!,
+    ]
+    createLedgerLog({ db }).ingestForkProof({ first: a.bytes, second: b.bytes })
+    db.close()
+
+    const lines: string[] = []
+    const logger = createLogger({ level: 'info', json: true, write: (line: string) => lines.push(line) })
+    const node = await createNode(
+      parseConfig({ home, api: { host: '127.0.0.1', port: 0 }, mesh: { enabled: false } }),
+      {
+        logger,
+      },
+    )
+    try {
+      assert.ok(
+        lines.some((l) => l.includes('could not join the credits ledger')),
+        lines.join('\n'),
+      )
+      const res = await fetch(`${node.api.url}/substrate/v1/credits`)
+      assert.equal(res.status, 200)
+      const body = (await res.json()) as CreditsResponse
+      assert.equal(body.balance.frozen, true)
+      assert.equal(body.balance.member, identity.id)
+    } finally {
+      await node.stop()
+      rmSync(home, { recursive: true, force: true })
+    }
   })
 })
