@@ -200,7 +200,10 @@ async function generate(req: GenerateMessage) {
 function promptTokensOf(req: ScoreMessage): number[] {
   if (!model || !chatWrapper) throw new Error('score before load')
   if (req.mode === 'chat') {
-    const history = [...toHistory(req.messages ?? []), { type: 'model' as const, response: [] }]
+    // A last assistant message is a response being continued (mesh failover): the model's turn
+    // is already open. Otherwise LlamaChat opens an empty one.
+    const history = toHistory(req.messages ?? [])
+    if (history.at(-1)?.type !== 'model') history.push({ type: 'model', response: [] })
     return [
       ...chatWrapper.generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer),
     ]
