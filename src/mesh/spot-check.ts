@@ -138,17 +138,16 @@ export function createSpotCheck(components: SpotCheckComponents, init: SpotCheck
       checkTimeoutMs,
       'the teacher-forced check',
     )
-    const judged = scored.splits.map((s) => judgeTeacherForced(s.evidence, judge))
+    // The most favourable reading decides: honest if any split is, and among equals the one
+    // with the smallest implausible share.
     const share = (j: Judgement) => j.implausible / Math.max(1, j.sampled)
-    return (
-      judged.find((j) => j.honest) ??
-      judged.sort((a, b) => share(a) - share(b))[0] ?? {
-        honest: true,
-        sampled: 0,
-        implausible: 0,
-        evidence: [],
-      }
-    )
+    let best: Judgement = { honest: true, sampled: 0, implausible: 0, evidence: [] }
+    for (const [i, split] of scored.splits.entries()) {
+      const j = judgeTeacherForced(split.evidence, judge)
+      const better = j.honest !== best.honest ? j.honest : share(j) < share(best)
+      if (i === 0 || better) best = j
+    }
+    return best
   }
 
   async function serveCheck(frame: CheckRequestFrame, remote: string): Promise<CheckReplyFrame> {
