@@ -4,6 +4,8 @@
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { main } from '../../src/cli/main.ts'
+import type { Io } from '../../src/cli/render.ts'
 import { type ConfigInput, parseConfig } from '../../src/config/schema.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { createNode, type SubstrateNode } from '../../src/node.ts'
@@ -46,4 +48,18 @@ export async function readNdjson(res: Response): Promise<Array<Record<string, un
     .split('\n')
     .filter((l) => l.trim() !== '')
     .map((l) => JSON.parse(l) as Record<string, unknown>)
+}
+
+/** Runs the CLI in this process against the test node; returns its exit code and output. */
+export async function runCli(node: TestNode, argv: string[]) {
+  let out = ''
+  let err = ''
+  const io = {
+    stdout: { write: (s: string) => (out += s) },
+    stderr: { write: (s: string) => (err += s) },
+    stdin: process.stdin,
+  } as Io
+  const port = new URL(node.url).port
+  const code = await main([...argv, '--home', node.home, '--port', port], io)
+  return { code, out, err }
 }

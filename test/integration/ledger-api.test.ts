@@ -13,8 +13,6 @@ import type {
   LedgerStatsResponse,
   LedgerVerifyResponse,
 } from '../../src/api/types.ts'
-import { main } from '../../src/cli/main.ts'
-import type { Io } from '../../src/cli/render.ts'
 import { parseConfig } from '../../src/config/schema.ts'
 import { SubstrateError } from '../../src/errors.ts'
 import { generateIdentity, loadOrCreateIdentity } from '../../src/identity/keys.ts'
@@ -22,21 +20,10 @@ import { createLedgerLog } from '../../src/ledger/log.ts'
 import { createLogger } from '../../src/logger.ts'
 import { createNode } from '../../src/node.ts'
 import { openDatabase } from '../../src/store/database.ts'
-import { startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
+import { runCli, startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
 import { chain, genesisOp, makeReceipt } from '../ledger/fixtures.ts'
 
-async function cli(node: TestNode, argv: string[]) {
-  let out = ''
-  let err = ''
-  const io = {
-    stdout: { write: (s: string) => (out += s) },
-    stderr: { write: (s: string) => (err += s) },
-    stdin: process.stdin,
-  } as Io
-  const port = new URL(node.url).port
-  const code = await main([...argv, '--home', node.home, '--port', port], io)
-  return { code, out, err }
-}
+const cli = runCli
 
 describe('credits and ledger on a daemon', () => {
   let t: TestNode

@@ -10,7 +10,7 @@ import { withModelDefaults } from '../../src/api/inference.ts'
 import { writeTinyModel } from '../../src/models/builtin.ts'
 import { sendFile, serve } from '../helpers/http-server.ts'
 import { type ModelServers, PARAMS, SYSTEM, startModelServers, TEMPLATE } from '../helpers/model-servers.ts'
-import { readNdjson, startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
+import { readNdjson, runCli, startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
 
 describe('pulling through the API', () => {
   let t: TestNode
@@ -65,6 +65,26 @@ describe('pulling through the API', () => {
     assert.deepEqual(show.substrate, { source: 'ollama:tiny:1b' })
   })
 
+  test('substrate pull --json prints NDJSON progress; substrate show prints the source and parameters', async () => {
+    const pulled = await runCli(t, ['pull', 'hf:org/Tiny-GGUF:Q8_0', '--name', 'eight', '--json'])
+    assert.equal(pulled.code, 0, pulled.err)
+    const lines = pulled.out
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { status: string })
+    assert.ok(lines.length >= 3)
+    assert.equal(lines[0]?.status, 'pulling manifest')
+    assert.equal(lines.at(-1)?.status, 'success')
+    const shown = await runCli(t, ['show', 'tiny:1b'])
+    assert.equal(shown.code, 0, shown.err)
+    assert.match(shown.out, /Source\n\s+ollama:tiny:1b/)
+    assert.match(shown.out, /Parameters\n(.*\n)*\s+temperature\s+0\.2/)
+    assert.match(shown.out, /System\n\s+You are tiny\./)
+    const refused = await runCli(t, ['pull', 'hf:org/Tiny-GGUF:Q3_K_L'])
+    assert.equal(refused.code, 4)
+    assert.match(refused.err, /no GGUF file for Q3_K_L/)
+  })
+
   test('the published params and system prompt are defaults a request can override', async () => {
     const model = await t.node.models.resolve('tiny:1b')
     const req = withModelDefaults(model, {
@@ -95,7 +115,7 @@ describe('pulling through the API', () => {
     const denied = await post('/api/pull', { model: 'ollama:forbidden:1b', stream: false })
     assert.equal(denied.status, 403)
     assert.equal(((await denied.json()) as { code: string }).code, 'E_POLICY_DENIED')
-    // substrate-tiny and tiny:1b share one blob; other bytes of the same size would not fit
+    // substrate-tiny, tiny:1b and eight share one blob; other bytes of the same size would not fit
     const other = await serve((req, res) => sendFile(req, res, Buffer.alloc(tiny.length, 7)))
     const full = await post('/api/pull', { model: other.url('/other.gguf'), stream: false })
     other.close()
@@ -106,7 +126,7 @@ describe('pulling through the API', () => {
         .list()
         .map((m) => m.name)
         .sort(),
-      ['substrate-tiny:latest', 'tiny:1b'],
+      ['eight:latest', 'substrate-tiny:latest', 'tiny:1b'],
     )
   })
 })
