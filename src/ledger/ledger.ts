@@ -56,8 +56,8 @@ export interface Ledger {
   standingOf(node: string): Standing
   /** Writes a checkpoint now. */
   checkpoint(): void
-  /** Called after an op joined the ledger (appended or ingested) or an author was frozen. */
-  onChange(listener: () => void): () => void
+  /** Called after an op joined the ledger (appended or ingested; with the op) or an author was frozen. */
+  onChange(listener: (op?: LedgerOp) => void): () => void
   /** The live fold state (read-only use: tests and benchmarks). */
   readonly state: FoldState
 }
@@ -71,9 +71,9 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
   let state = createFoldState(params)
   let started = false
   let sinceCheckpoint = 0
-  const changeListeners = new Set<() => void>()
-  const changed = () => {
-    for (const listener of changeListeners) listener()
+  const changeListeners = new Set<(op?: LedgerOp) => void>()
+  const changed = (op?: LedgerOp) => {
+    for (const listener of changeListeners) listener(op)
   }
 
   const rawLog = createLedgerLog(
@@ -82,7 +82,7 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
       now,
       events: {
         onOp(op) {
-          changed()
+          changed(op)
           if (!started) return
           applyOp(state, op)
           // Also in proportion to the ledger, so that saving (linear in its size) stays a

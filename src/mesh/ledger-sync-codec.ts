@@ -28,7 +28,10 @@ export const MAX_OPS_FRAME_BYTES = 1 * MiB
 export const MAX_FRAME_PROOFS = 16
 /** The largest frame a responder may send: a full `ops` frame plus CBOR framing. */
 export const MAX_RESPONDER_FRAME_BYTES = MAX_OPS_FRAME_BYTES + 64 * KiB
-export const MAX_ANNOUNCE_BYTES = 128
+/** Our own newest ops ride along with an announcement when they are this few and small. */
+export const MAX_ANNOUNCE_OPS = 4
+export const MAX_ANNOUNCE_OPS_BYTES = 16 * KiB
+export const MAX_ANNOUNCE_BYTES = MAX_ANNOUNCE_OPS_BYTES + 256
 
 const bytesSchema = z.custom<Uint8Array>((v) => v instanceof Uint8Array, 'expected bytes')
 const idSchema = z.string().min(1).max(128)
@@ -97,14 +100,28 @@ const announceSchema = z.strictObject({
   d: bytesSchema.refine((d) => d.length === 32, 'expected a 32-byte digest'),
   n: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
   a: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  /** The announcer's own ops appended since its last announcement, oldest first (eager push). */
+  o: z.array(bytesSchema).min(1).max(MAX_ANNOUNCE_OPS).optional(),
 })
 
-export function encodeAnnouncement(summary: HeadsSummary): Uint8Array {
-  return dagCbor.encode({ v: 1, d: summary.digest, n: summary.total, a: summary.authors })
+/** A heads summary as announced, with the announcer's own newest ops when they fit. */
+export interface Announcement extends HeadsSummary {
+  ops?: Uint8Array[]
+}
+
+export function encodeAnnouncement(announcement: Announcement): Uint8Array {
+  const { digest, total, authors, ops } = announcement
+  return dagCbor.encode({
+    v: 1,
+    d: digest,
+    n: total,
+    a: authors,
+    ...(ops === undefined || ops.length === 0 ? {} : { o: ops }),
+  })
 }
 
 /** Throws E_PROTOCOL (or E_RECORD_TOO_LARGE) for anything but a well-formed announcement. */
-export function decodeAnnouncement(bytes: Uint8Array): HeadsSummary {
+export function decodeAnnouncement(bytes: Uint8Array): Announcement {
   if (bytes.length > MAX_ANNOUNCE_BYTES) {
     throw new SubstrateError('E_RECORD_TOO_LARGE', `a heads announcement of ${bytes.length} bytes`)
   }
@@ -116,7 +133,8 @@ export function decodeAnnouncement(bytes: Uint8Array): HeadsSummary {
   }
   const parsed = announceSchema.safeParse(decoded)
   if (!parsed.success) throw new SubstrateError('E_PROTOCOL', 'a malformed heads announcement')
-  return { digest: parsed.data.d, total: parsed.data.n, authors: parsed.data.a }
+  const { d, n, a, o } = parsed.data
+  return { digest: d, total: n, authors: a, ...(o === undefined ? {} : { ops: o }) }
 }
 
 export const sameDigest = (a: Uint8Array, b: Uint8Array): boolean =>

@@ -17,6 +17,7 @@
 // peer, and a few pulls at once overall. A newly identified peer that speaks the protocol
 // is pulled from at once.
 
+import * as dagCbor from '@ipld/dag-cbor'
 import type { Message, SubscriptionChangeData } from '@libp2p/gossipsub'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
 import type { Connection, IdentifyResult, PeerId, PeerUpdate, Stream } from '@libp2p/interface'
@@ -24,16 +25,20 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { isErrorCode, SubstrateError, toSubstrateError } from '../errors.ts'
 import type { Ledger } from '../ledger/ledger.ts'
 import { isLedgerError, type LedgerError } from '../ledger/ledger-error.ts'
+import type { LedgerOp } from '../ledger/ops.ts'
 import { diff, headsFromJSON } from '../ledger/vector.ts'
 import type { Logger } from '../logger.ts'
 import { MiB } from '../protocol/limits.ts'
 import { errorFrame, frameChannel } from './job-codec.ts'
 import {
+  type Announcement,
   decodeAnnouncement,
   encodeAnnouncement,
   type HeadsSummary,
   LEDGER_HEADS_TOPIC,
   LEDGER_SYNC_PROTOCOL,
+  MAX_ANNOUNCE_OPS,
+  MAX_ANNOUNCE_OPS_BYTES,
   MAX_FRAME_OPS,
   MAX_FRAME_PROOFS,
   MAX_OPS_FRAME_BYTES,
@@ -111,6 +116,8 @@ export interface LedgerSyncStats {
   announcementsAccepted: number
   announcementsRejected: number
   announcementsDropped: number
+  /** Ops that arrived with a peer's announcement (eager push) and joined our ledger. */
+  pushedOpsAdded: number
   bytesIn: number
   bytesOut: number
 }
@@ -147,6 +154,15 @@ interface PeerState {
 
 const BENIGN = new Set(['gap', 'future', 'frozen'])
 
+/** Whether an op names `author` as its signer (ingest then checks the signature). */
+function sameAuthor(bytes: Uint8Array, author: string): boolean {
+  try {
+    return (dagCbor.decode(bytes) as { signer?: unknown }).signer === author
+  } catch {
+    return false
+  }
+}
+
 export function createLedgerSync(components: LedgerSyncComponents, init: LedgerSyncInit = {}): LedgerSync {
   const { ledger } = components
   const libp2p = components.mesh.libp2p
@@ -163,7 +179,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   const maxRounds = init.maxRounds ?? 8
   const maxConcurrentPulls = init.maxConcurrentPulls ?? 4
   const maxServing = init.maxServing ?? 8
-  const minAnnouncementGapMs = init.minAnnouncementGapMs ?? 50
+  const minAnnouncementGapMs = init.minAnnouncementGapMs ?? 20
   const syncOnConnect = init.syncOnConnect ?? true
 
   const stats: LedgerSyncStats = {
@@ -176,6 +192,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     announcementsAccepted: 0,
     announcementsRejected: 0,
     announcementsDropped: 0,
+    pushedOpsAdded: 0,
     bytesIn: 0,
     bytesOut: 0,
   }
@@ -193,6 +210,10 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   let pendingAnnounce: NodeJS.Timeout | undefined
   let lastAnnounce = 0
   let offChange: (() => void) | undefined
+  // Our own ops since the last announcement, sent along with it while few and small.
+  let ownOps: Uint8Array[] = []
+  let ownOpsBytes = 0
+  let ownOpsOverflow = false
 
   const summary = (): HeadsSummary => {
     cached ??= summarizeHeads(ledger.log.heads())
@@ -521,12 +542,31 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       stats.announcementsDropped++
       return TopicValidatorResult.Ignore
     }
-    let theirs: HeadsSummary
+    let theirs: Announcement
     try {
       theirs = decodeAnnouncement(msg.data)
     } catch {
       stats.announcementsRejected++
       return TopicValidatorResult.Reject
+    }
+    if (theirs.ops !== undefined && origin !== self) {
+      // Eager push: the origin's own newest ops, so that one gossip round spreads them
+      // without a pull per hop. They get the same checks as synced ops; only the origin's
+      // own ops may ride along, and one that no honest node would send rejects the message.
+      let added = 0
+      try {
+        for (const op of theirs.ops) if (!sameAuthor(op, origin)) throw new Error('an op of another author')
+        const ingested = ledger.log.ingestMany(theirs.ops)
+        added = ingested.added
+        const bad = ingested.refused.find(({ error }) => !BENIGN.has(error.reason))
+        if (bad !== undefined) throw bad.error
+      } catch (err) {
+        stats.pushedOpsAdded += added
+        stats.announcementsRejected++
+        log.debug('rejected a heads announcement', { origin, error: toSubstrateError(err).message })
+        return TopicValidatorResult.Reject
+      }
+      stats.pushedOpsAdded += added
     }
     lastAccepted.delete(origin)
     lastAccepted.set(origin, now)
@@ -543,7 +583,11 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     if (!running) return
     lastAnnounce = Date.now()
     try {
-      await libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, encodeAnnouncement(summary()))
+      const ops = ownOpsOverflow ? [] : ownOps
+      ownOps = []
+      ownOpsBytes = 0
+      ownOpsOverflow = false
+      await libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, encodeAnnouncement({ ...summary(), ops }))
       stats.announced++
     } catch (err) {
       log.debug('heads announcement failed', { error: toSubstrateError(err).message })
@@ -561,8 +605,14 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     )
   }
 
-  const onChange = () => {
+  const onChange = (op?: LedgerOp) => {
     cached = undefined
+    if (op !== undefined && op.author === self) {
+      if (ownOps.length < MAX_ANNOUNCE_OPS && ownOpsBytes + op.bytes.length <= MAX_ANNOUNCE_OPS_BYTES) {
+        ownOps.push(op.bytes)
+        ownOpsBytes += op.bytes.length
+      } else ownOpsOverflow = true
+    }
     announce()
   }
 

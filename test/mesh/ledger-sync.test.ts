@@ -407,3 +407,53 @@ describe('ledger sync: faults', () => {
     assert.deepEqual(summarizeHeads(a.ledger.log.heads()), summarizeHeads(b.ledger.log.heads()))
   })
 })
+
+describe("ledger sync: eager push of a node's own ops with its announcement", () => {
+  test('an op appended on one node reaches a node two hops away with the announcement itself', async () => {
+    // No pulls on connect, and a long gap between pulls: only the announcement can carry it.
+    const init = { syncOnConnect: false, minSyncGapMs: 60_000 }
+    const [a, b, c] = [await peer({ init }), await peer({ init }), await peer({ init })]
+    await connect(a, b)
+    await connect(b, c)
+    await waitFor(
+      () =>
+        c.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0 &&
+        a.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscriptions',
+    )
+    await sleep(1_500) // gossipsub meshes form on the heartbeat
+    const op = a.ledger.append(a.identity, genesisOp())
+    await waitFor(
+      () => c.ledger.log.heads().vector.get(a.identity.id)?.head === op.cid,
+      'the op at c',
+      10_000,
+    )
+    assert.ok(c.sync.stats().pushedOpsAdded >= 1)
+  })
+
+  test("an announcement carrying a forged op or another author's op is rejected and ingests nothing", async () => {
+    const [b, liar] = [await peer({ init: manual }), await peer({ init: manual })]
+    await connect(b, liar)
+    await waitFor(
+      () => liar.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscribed',
+    )
+    await sleep(1_500)
+    const stranger = generateIdentity()
+    const [theirs] = chain(stranger, [genesisOp()])
+    const [own] = chain(liar.identity, [genesisOp()])
+    const forged = dagCbor.decode(own!.bytes) as Record<string, unknown>
+    forged.sig = new Uint8Array(64)
+    const summary = liar.sync.summary()
+    for (const ops of [[theirs!.bytes], [dagCbor.encode(forged)]]) {
+      await liar.mesh.libp2p.services.pubsub.publish(
+        LEDGER_HEADS_TOPIC,
+        encodeAnnouncement({ ...summary, ops }),
+      )
+      await sleep(200)
+    }
+    await waitFor(() => b.sync.stats().announcementsRejected >= 2, 'both rejected')
+    assert.equal(b.ledger.log.heads().vector.size, 0)
+    assert.equal(b.sync.stats().pushedOpsAdded, 0)
+  })
+})
