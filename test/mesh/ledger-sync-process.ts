@@ -47,6 +47,11 @@ await mesh.start()
 await sync.start()
 say({ id: identity.id, addr: mesh.multiaddrs()[0], ops: countLedgerOps(db) })
 
+const failures: Record<string, number> = {}
+sync.onSync((_result, error) => {
+  if (error !== undefined) failures[error.code] = (failures[error.code] ?? 0) + 1
+})
+
 // A partition: the DHT and the peer store would otherwise redial a peer we hung up on.
 const blocked = new Set<string>()
 mesh.libp2p.addEventListener('peer:connect', (evt) => {
@@ -69,7 +74,17 @@ for await (const line of createInterface({ input: process.stdin })) {
     summary?: boolean
     stop?: boolean
   }
-  if (cmd.dial !== undefined) await mesh.dial(cmd.dial).catch((err: unknown) => say({ error: String(err) }))
+  if (cmd.dial !== undefined) {
+    // A loaded machine makes dials time out now and then: a few tries.
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      try {
+        await mesh.dial(cmd.dial, 20_000)
+        break
+      } catch (err) {
+        if (attempt === 3) say({ error: String(err) })
+      }
+    }
+  }
   if (cmd.block !== undefined) {
     blocked.add(cmd.block)
     await mesh.libp2p.hangUp(peerIdFromString(cmd.block))
@@ -80,7 +95,14 @@ for await (const line of createInterface({ input: process.stdin })) {
   }
   if (cmd.summary === true) {
     const s = sync.summary()
-    say({ summary: hex(s.digest), total: s.total, balances: ledger.balances() })
+    say({
+      summary: hex(s.digest),
+      held: s.total,
+      stats: sync.stats(),
+      failures,
+      connections: mesh.libp2p.getConnections().length,
+      balances: ledger.balances(),
+    })
   }
   if (cmd.stop === true) await stop()
 }
