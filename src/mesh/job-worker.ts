@@ -179,7 +179,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
       waiting.set(cid, { request, timer, settle: resolve })
       pump()
       if (waiting.has(cid)) {
-        log.info('job waits for a slot', { job: cid, requester: standing.member, balance: standing.balance })
+        log.info('job waits for a slot', { job: cid, member: standing.member, balance: standing.balance })
         activity() // the queue grew: the capacity record says so
       }
     })
