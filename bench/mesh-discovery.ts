@@ -1,0 +1,213 @@
+// Discovery and the cost of capacity gossip in a mesh of real daemons on loopback, each its
+// own `substrate serve` process and home, joined by bootstrapping to the first one.
+//   bytes   every daemon's mesh traffic (all TCP connections between daemons: gossip, its
+//           control messages, DHT, identify, ping) read from the kernel's per-socket counters
+//           (`ss -ti`), over a quiet window, at each mesh size: how it grows with the node count.
+//           An upper bound on what gossip costs, since it counts every mesh protocol.
+//   join    with the full mesh running, a new daemon is started: time from its spawn (and from
+//           its API answering) until it is in every other daemon's capacity view; repeated.
+//
+//   node bench/mesh-discovery.ts [--sizes 3,5,10] [--window 30] [--joins 3]
+
+import { spawnSync } from 'node:child_process'
+import { parseArgs } from 'node:util'
+import { generateIdentity } from '../src/identity/keys.ts'
+import { signCapacityRecord } from '../src/mesh/capacity-record.ts'
+import { type DaemonProcess, sourceRevision, startDaemon } from './daemon-process.ts'
+import { loadAverage, machineInfo, median, round, sleep } from './machine.ts'
+
+const { values } = parseArgs({
+  options: {
+    sizes: { type: 'string', default: '3,5,10' },
+    window: { type: 'string', default: '30' },
+    joins: { type: 'string', default: '3' },
+  },
+})
+const SIZES = values.sizes.split(',').map(Number)
+const WINDOW_S = Number(values.window)
+const JOINS = Number(values.joins)
+
+interface Node {
+  daemon: DaemonProcess
+  id: string
+  meshPort: number
+}
+
+interface PeersBody {
+  peers: Array<{ id: string }>
+  gossip?: { published: number; accepted: number; rateLimited: number }
+}
+
+async function status(url: string): Promise<{ id: string; addr: string }> {
+  const body = (await (await fetch(`${url}/substrate/v1/status`)).json()) as {
+    id: string
+    mesh: { addrs: string[] } | null
+  }
+  const addr = body.mesh?.addrs[0]
+  if (addr === undefined) throw new Error(`${url} has no mesh address`)
+  return { id: body.id, addr }
+}
+
+async function peersOf(url: string): Promise<PeersBody> {
+  return (await (
+    await fetch(`${url}/substrate/v1/peers`, { signal: AbortSignal.timeout(10_000) })
+  ).json()) as PeersBody
+}
+
+async function startNode(bootstrap: string | undefined): Promise<Node> {
+  const daemon = await startDaemon({
+    threads: 1,
+    // Mesh-only daemons: no runner is ever started here, so the sandbox is not under test.
+    sandbox: 'none',
+    env: bootstrap === undefined ? {} : { SUBSTRATE_BOOTSTRAP: bootstrap },
+  })
+  const { id, addr } = await status(daemon.url)
+  return { daemon, id, meshPort: Number(/\/tcp\/(\d+)/.exec(addr)?.[1]) }
+}
+
+/** Bytes sent + received so far on each daemon's connections to other daemons' mesh ports. */
+function meshBytes(nodes: Node[]): Map<number, { sent: number; received: number }> {
+  const ports = new Set(nodes.map((n) => n.meshPort))
+  const out = spawnSync('ss', ['-tinpH'], { encoding: 'utf8' }).stdout.split('\n')
+  const byPid = new Map<number, { sent: number; received: number }>()
+  for (let i = 0; i < out.length - 1; i++) {
+    const head = out[i]!
+    const pid = Number(/pid=(\d+)/.exec(head)?.[1])
+    const addrs = [...head.matchAll(/127\.0\.0\.1:(\d+)/g)].map((m) => Number(m[1]))
+    if (!pid || addrs.length < 2 || !addrs.some((p) => ports.has(p))) continue
+    const info = out[i + 1]!
+    const sent = Number(/bytes_sent:(\d+)/.exec(info)?.[1] ?? 0)
+    const received = Number(/bytes_received:(\d+)/.exec(info)?.[1] ?? 0)
+    const total = byPid.get(pid) ?? { sent: 0, received: 0 }
+    total.sent += sent
+    total.received += received
+    byPid.set(pid, total)
+  }
+  return byPid
+}
+
+async function measureBytes(nodes: Node[]) {
+  // Let the mesh settle (connections, DHT self-queries, gossipsub mesh) before the window.
+  await sleep(10_000)
+  const before = meshBytes(nodes)
+  const gossipBefore = await Promise.all(nodes.map((n) => peersOf(n.daemon.url)))
+  await sleep(WINDOW_S * 1000)
+  const after = meshBytes(nodes)
+  const gossipAfter = await Promise.all(nodes.map((n) => peersOf(n.daemon.url)))
+  const perNode = nodes.map((n) => {
+    const a = after.get(n.daemon.pid) ?? { sent: 0, received: 0 }
+    const b = before.get(n.daemon.pid) ?? { sent: 0, received: 0 }
+    // A connection opened during the window counts from 0: still its bytes in the window.
+    return {
+      sentBps: Math.max(0, a.sent - b.sent) / WINDOW_S,
+      receivedBps: Math.max(0, a.received - b.received) / WINDOW_S,
+    }
+  })
+  const totals = perNode.map((p) => p.sentBps + p.receivedBps)
+  const published = gossipAfter.map(
+    (g, i) => (g.gossip?.published ?? 0) - (gossipBefore[i]!.gossip?.published ?? 0),
+  )
+  const accepted = gossipAfter.map(
+    (g, i) => (g.gossip?.accepted ?? 0) - (gossipBefore[i]!.gossip?.accepted ?? 0),
+  )
+  return {
+    nodes: nodes.length,
+    bytesPerSecondPerNode: {
+      median: round(median(totals)),
+      max: round(Math.max(...totals)),
+      min: round(Math.min(...totals)),
+      sentMedian: round(median(perNode.map((p) => p.sentBps))),
+      bootstrapNode: round(totals[0]!),
+    },
+    perNodeBytesPerSecond: totals.map((t) => round(t)),
+    viewSizes: gossipAfter.map((g) => g.peers.length),
+    recordsPerNodePerSecond: {
+      published: round(median(published) / WINDOW_S, 2),
+      accepted: round(median(accepted) / WINDOW_S, 2),
+    },
+  }
+}
+
+/** Starts one more daemon and times how long until every other daemon's view has it. */
+async function timeJoin(nodes: Node[], bootstrap: string) {
+  const known = new Set(nodes.map((n) => n.id))
+  const spawnedAt = performance.now()
+  const node = await startNode(bootstrap)
+  const readyAt = performance.now()
+  const deadline = readyAt + 60_000
+  const seenAt = new Map<string, number>()
+  while (seenAt.size < nodes.length && performance.now() < deadline) {
+    await Promise.all(
+      nodes
+        .filter((n) => !seenAt.has(n.id))
+        .map(async (n) => {
+          const body = await peersOf(n.daemon.url)
+          if (body.peers.some((p) => p.id === node.id && !known.has(p.id)))
+            seenAt.set(n.id, performance.now())
+        }),
+    )
+    await sleep(50)
+  }
+  const lastSeen = Math.max(...seenAt.values())
+  const result = {
+    inAllViews: seenAt.size === nodes.length,
+    seenBy: seenAt.size,
+    fromSpawnMs: round(lastSeen - spawnedAt),
+    fromReadyMs: round(lastSeen - readyAt),
+    spawnToReadyMs: round(readyAt - spawnedAt),
+  }
+  await node.daemon.stop()
+  return result
+}
+
+async function main(): Promise<void> {
+  const loadBefore = loadAverage()
+  const started = Date.now()
+  // What one record weighs: a daemon's snapshot with the built-in model held and loaded.
+  const recordBytes = signCapacityRecord(generateIdentity(), {
+    models: [{ digest: `sha256:${'ab'.repeat(32)}`, name: 'substrate-tiny:latest' }],
+    loaded: [`sha256:${'ab'.repeat(32)}`],
+    freeSlots: 2,
+    tokensPerSecond: 150.5,
+    queueDepth: 0,
+  }).length
+  const nodes: Node[] = []
+  try {
+    nodes.push(await startNode(undefined))
+    const { addr: bootstrap } = await status(nodes[0]!.daemon.url)
+    const sizes = []
+    for (const size of SIZES) {
+      while (nodes.length < size) nodes.push(await startNode(bootstrap))
+      sizes.push(await measureBytes(nodes))
+    }
+    const joins = []
+    for (let j = 0; j < JOINS; j++) joins.push(await timeJoin(nodes, bootstrap))
+    const worst = Math.max(...joins.map((j) => j.fromReadyMs))
+    console.log(
+      JSON.stringify(
+        {
+          benchmark: 'mesh-discovery',
+          capacityRecordBytes: recordBytes,
+          windowSeconds: WINDOW_S,
+          sizes,
+          joins: { meshSize: nodes.length, rounds: joins, worstFromReadyMs: worst },
+          targets: { joinMs: 5_000, bytesPerSecondPerNode: 2_048 },
+          met: {
+            join: joins.every((j) => j.inAllViews) && worst <= 5_000,
+            bytes: sizes.every((s) => s.bytesPerSecondPerNode.median <= 2_048),
+          },
+          machine: machineInfo(),
+          loadAverage: { before: loadBefore, after: loadAverage() },
+          wallSeconds: round((Date.now() - started) / 1000),
+          source: sourceRevision(),
+        },
+        null,
+        2,
+      ),
+    )
+  } finally {
+    await Promise.all(nodes.map((n) => n.daemon.stop()))
+  }
+}
+
+await main()
