@@ -30,6 +30,8 @@ export interface DaemonOptions {
   entry?: string
   /** more SUBSTRATE_* settings, e.g. { SUBSTRATE_MESH: 'false' } */
   env?: Record<string, string>
+  /** how long the daemon may take to answer (default 30 s; a loaded host starting many needs more) */
+  startTimeoutMs?: number
 }
 
 export interface DaemonProcess {
@@ -82,7 +84,8 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonPr
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     rmSync(home, { recursive: true, force: true })
   }
-  const deadline = Date.now() + 30_000
+  const startTimeoutMs = options.startTimeoutMs ?? 30_000
+  const deadline = Date.now() + startTimeoutMs
   for (;;) {
     if (child.exitCode !== null) {
       await stop()
@@ -96,7 +99,7 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonPr
     }
     if (Date.now() > deadline) {
       await stop()
-      throw new Error(`substrate serve did not answer within 30 s:\n${log}`)
+      throw new Error(`substrate serve did not answer within ${startTimeoutMs / 1000} s:\n${log}`)
     }
     await sleep(50)
   }

@@ -7,13 +7,18 @@
 //   join    with the full mesh running, a new daemon is started: time from its spawn (and from
 //           its API answering) until it is in every other daemon's capacity view; repeated.
 //
-//   node bench/mesh-discovery.ts [--sizes 3,5,10] [--window 30] [--joins 3]
+// With --mesh-only the nodes are bench/mesh-worker-process.ts instead: the daemon's mesh layer
+// (libp2p, capacity gossip, job protocol, model providers, pings) and nothing else, which
+// separates what the mesh layer costs from what other subsystems (ledger sync, …) add.
+//
+//   node bench/mesh-discovery.ts [--sizes 3,5,10] [--window 30] [--joins 3] [--mesh-only]
 
-import { spawnSync } from 'node:child_process'
+import { spawn, spawnSync } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { generateIdentity } from '../src/identity/keys.ts'
 import { signCapacityRecord } from '../src/mesh/capacity-record.ts'
-import { type DaemonProcess, sourceRevision, startDaemon } from './daemon-process.ts'
+import { sourceRevision, startDaemon } from './daemon-process.ts'
 import { loadAverage, machineInfo, median, round, sleep } from './machine.ts'
 
 const { values } = parseArgs({
@@ -21,6 +26,7 @@ const { values } = parseArgs({
     sizes: { type: 'string', default: '3,5,10' },
     window: { type: 'string', default: '30' },
     joins: { type: 'string', default: '3' },
+    'mesh-only': { type: 'boolean', default: false },
   },
 })
 const SIZES = values.sizes.split(',').map(Number)
@@ -28,9 +34,12 @@ const WINDOW_S = Number(values.window)
 const JOINS = Number(values.joins)
 
 interface Node {
-  daemon: DaemonProcess
   id: string
+  addr: string
+  pid: number
   meshPort: number
+  peers(): Promise<PeersBody>
+  stop(): Promise<void>
 }
 
 interface PeersBody {
@@ -54,15 +63,60 @@ async function peersOf(url: string): Promise<PeersBody> {
   ).json()) as PeersBody
 }
 
+const meshPortOf = (addr: string) => Number(/\/tcp\/(\d+)/.exec(addr)?.[1])
+
+async function startMeshOnlyNode(bootstrap: string | undefined): Promise<Node> {
+  const entry = new URL('./mesh-worker-process.ts', import.meta.url).pathname
+  const args = bootstrap === undefined ? [] : ['--bootstrap', bootstrap]
+  const child = spawn(process.execPath, [entry, ...args], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const waiting: Array<(line: string) => void> = []
+  createInterface({ input: child.stdout! }).on('line', (line) => waiting.shift()?.(line))
+  const nextLine = (timeoutMs: number) =>
+    new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the mesh process did not answer')), timeoutMs)
+      waiting.push((line) => {
+        clearTimeout(timer)
+        resolve(line)
+      })
+    })
+  const { id, addr } = JSON.parse(await nextLine(120_000)) as { id: string; addr: string }
+  return {
+    id,
+    addr,
+    pid: child.pid ?? 0,
+    meshPort: meshPortOf(addr),
+    async peers() {
+      const line = nextLine(10_000)
+      child.stdin!.write('peers\n')
+      return JSON.parse(await line) as PeersBody
+    },
+    async stop() {
+      if (child.exitCode !== null) return
+      const exited = new Promise((resolve) => child.once('exit', resolve))
+      child.stdin!.end()
+      await exited
+    },
+  }
+}
+
 async function startNode(bootstrap: string | undefined): Promise<Node> {
+  if (values['mesh-only']) return startMeshOnlyNode(bootstrap)
   const daemon = await startDaemon({
     threads: 1,
     // Mesh-only daemons: no runner is ever started here, so the sandbox is not under test.
     sandbox: 'none',
+    startTimeoutMs: 120_000,
     env: bootstrap === undefined ? {} : { SUBSTRATE_BOOTSTRAP: bootstrap },
   })
   const { id, addr } = await status(daemon.url)
-  return { daemon, id, meshPort: Number(/\/tcp\/(\d+)/.exec(addr)?.[1]) }
+  return {
+    id,
+    addr,
+    pid: daemon.pid,
+    meshPort: meshPortOf(addr),
+    peers: () => peersOf(daemon.url),
+    stop: () => daemon.stop(),
+  }
 }
 
 /** Bytes sent + received so far on each daemon's connections to other daemons' mesh ports. */
@@ -90,13 +144,13 @@ async function measureBytes(nodes: Node[]) {
   // Let the mesh settle (connections, DHT self-queries, gossipsub mesh) before the window.
   await sleep(10_000)
   const before = meshBytes(nodes)
-  const gossipBefore = await Promise.all(nodes.map((n) => peersOf(n.daemon.url)))
+  const gossipBefore = await Promise.all(nodes.map((n) => n.peers()))
   await sleep(WINDOW_S * 1000)
   const after = meshBytes(nodes)
-  const gossipAfter = await Promise.all(nodes.map((n) => peersOf(n.daemon.url)))
+  const gossipAfter = await Promise.all(nodes.map((n) => n.peers()))
   const perNode = nodes.map((n) => {
-    const a = after.get(n.daemon.pid) ?? { sent: 0, received: 0 }
-    const b = before.get(n.daemon.pid) ?? { sent: 0, received: 0 }
+    const a = after.get(n.pid) ?? { sent: 0, received: 0 }
+    const b = before.get(n.pid) ?? { sent: 0, received: 0 }
     // A connection opened during the window counts from 0: still its bytes in the window.
     return {
       sentBps: Math.max(0, a.sent - b.sent) / WINDOW_S,
@@ -141,7 +195,7 @@ async function timeJoin(nodes: Node[], bootstrap: string) {
       nodes
         .filter((n) => !seenAt.has(n.id))
         .map(async (n) => {
-          const body = await peersOf(n.daemon.url)
+          const body = await n.peers()
           if (body.peers.some((p) => p.id === node.id && !known.has(p.id)))
             seenAt.set(n.id, performance.now())
         }),
@@ -156,7 +210,7 @@ async function timeJoin(nodes: Node[], bootstrap: string) {
     fromReadyMs: round(lastSeen - readyAt),
     spawnToReadyMs: round(readyAt - spawnedAt),
   }
-  await node.daemon.stop()
+  await node.stop()
   return result
 }
 
@@ -173,8 +227,9 @@ async function main(): Promise<void> {
   }).length
   const nodes: Node[] = []
   try {
-    nodes.push(await startNode(undefined))
-    const { addr: bootstrap } = await status(nodes[0]!.daemon.url)
+    const first = await startNode(undefined)
+    nodes.push(first)
+    const bootstrap = first.addr
     const sizes = []
     for (const size of SIZES) {
       while (nodes.length < size) nodes.push(await startNode(bootstrap))
@@ -187,6 +242,9 @@ async function main(): Promise<void> {
       JSON.stringify(
         {
           benchmark: 'mesh-discovery',
+          nodes: values['mesh-only']
+            ? 'mesh layer only (bench/mesh-worker-process.ts)'
+            : 'substrate serve daemons',
           capacityRecordBytes: recordBytes,
           windowSeconds: WINDOW_S,
           sizes,
@@ -206,7 +264,7 @@ async function main(): Promise<void> {
       ),
     )
   } finally {
-    await Promise.all(nodes.map((n) => n.daemon.stop()))
+    await Promise.all(nodes.map((n) => n.stop()))
   }
 }
 

@@ -2,10 +2,12 @@
 // the daemon's mesh layer (createMesh: libp2p, capacity gossip, job protocol) over a runtime
 // that answers at once, so what a benchmark measures is the mesh, not a model. It also serves
 // `/bench/echo/1` (one frame back) as the floor of a stream round trip. Prints
-// {"id", "addr"} as one JSON line, stops when stdin closes.
+// {"id", "addr"} as one JSON line; for each line "peers" on stdin prints
+// {"peers": [ids in its capacity view], "gossip": counters}; stops when stdin closes.
 //
 //   node bench/mesh-worker-process.ts [--bootstrap ADDR] [--publish-interval MS]
 
+import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { generateIdentity } from '../src/identity/keys.ts'
 import { silentLogger } from '../src/logger.ts'
@@ -72,7 +74,11 @@ if (import.meta.main) {
   })
   await mesh.start()
   process.stdout.write(`${JSON.stringify({ id: identity.id, addr: mesh.node.multiaddrs()[0] })}\n`)
-  process.stdin.resume()
+  createInterface({ input: process.stdin }).on('line', (line) => {
+    if (line.trim() !== 'peers') return
+    const peers = mesh.capacity.view().map((e) => ({ id: e.peer }))
+    process.stdout.write(`${JSON.stringify({ peers, gossip: mesh.capacity.stats() })}\n`)
+  })
   process.stdin.on('end', () => {
     void mesh.stop().then(() => process.exit(0))
   })

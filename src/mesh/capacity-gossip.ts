@@ -1,5 +1,8 @@
 // Capacity gossip (DESIGN.md, "Discovery"): every node publishes a signed capacity record on
-// `substrate/capacity/1` every few seconds and soon after anything changes, and keeps a view
+// `substrate/capacity/1` soon after anything changes and every 15 s besides (a heartbeat that
+// keeps it in others' views; change-driven publishes carry the news, so the heartbeat can be
+// slow: every record reaches every node, so its rate times the node count is each node's
+// gossip cost — see BENCHMARKS.md, "Mesh discovery and gossip cost"), and keeps a view
 // of everyone else's last record. The topic validator is the one gate: it rate-limits each
 // origin before doing any crypto, then verifies; a rejected record is never delivered or
 // forwarded, and gossipsub's peer scoring charges whoever relayed it. A little over the rate
@@ -74,9 +77,11 @@ export function createCapacityGossip(
 ): CapacityGossip {
   const log = components.logger.child('capacity')
   const pubsub = components.mesh.libp2p.services.pubsub
-  const publishIntervalMs = init.publishIntervalMs ?? 5_000
+  const publishIntervalMs = init.publishIntervalMs ?? 15_000
   const staleAfterMs = init.staleAfterMs ?? 4 * publishIntervalMs
-  const recordTtlMs = init.recordTtlMs ?? 60_000
+  // Outlives the stale bound, so a record is dropped for silence before it expires (within
+  // the 5 minutes a capacity envelope may live).
+  const recordTtlMs = init.recordTtlMs ?? Math.min(Math.max(60_000, 6 * publishIntervalMs), 5 * 60_000)
   const ratePerSecond = init.ratePerSecond ?? 2
   const rateBurst = init.rateBurst ?? 5
   // Our own publishes never exceed the rate peers allow us, however fast our state changes.

@@ -106,7 +106,7 @@ export interface Mesh {
   stop(): Promise<void>
   /** Call after a model was pulled, imported or removed. */
   modelsChanged(): void
-  /** Last measured round trip to a connected peer in ms (ping every 5 s), or undefined. */
+  /** Last measured round trip to a connected peer in ms (ping every 15 s), or undefined. */
   latencyMs(peer: string): number | undefined
   /** Peers to ask for a model, best first, from the capacity view. */
   candidates(digest: string): string[]
