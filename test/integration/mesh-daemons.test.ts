@@ -204,7 +204,10 @@ describe('a three-daemon mesh on loopback', () => {
     try {
       t.diagnostic(`failover after ${resumedAfterTokens} tokens; longest silence ${Math.round(gapMs)} ms`)
       assert.ok(gapMs >= STALL_MS - 100, `the requester waited out the stall (${Math.round(gapMs)} ms)`)
-      assert.ok(gapMs < STALL_MS + 2_000, `the stream stalled ${Math.round(gapMs)} ms`)
+      // After the stall timeout the survivor re-reads the prefix (a few hundred tokens) before
+      // its first new token: well under a second on a quiet host, several on a loaded 2-core
+      // one. Far below the 30 s default stall: the short setting is what ended the wait.
+      assert.ok(gapMs < STALL_MS + 8_000, `the stream stalled ${Math.round(gapMs)} ms`)
       assert.notEqual(served, victim.id)
       // The stalled peer is in bad standing with the requester: its next jobs go elsewhere first.
       const { peers } = await peersOf(requester)
