@@ -72,12 +72,16 @@ describe('a three-daemon mesh on loopback', () => {
 
   before(async () => {
     first = await startDaemonProcess()
-    const bootstrap = ['--bootstrap', first.meshAddrs[0]!]
-    // A short stall timeout on the requester so the stall test is quick; the wait for a first
-    // token (a model load) keeps its own 60 s bound.
-    ;[second, requester] = await Promise.all([
-      startDaemonProcess(bootstrap),
-      startDaemonProcess([...bootstrap, '--mesh-stall-timeout', `${STALL_MS}ms`]),
+    second = await startDaemonProcess(['--bootstrap', first.meshAddrs[0]!])
+    // The requester knows both workers' addresses, so whichever one fails it can reach the
+    // other (discovering a peer's address is not what these tests are about). A short stall
+    // timeout so the stall test is quick; the wait for a first token (a model load) keeps its
+    // own 60 s bound.
+    requester = await startDaemonProcess([
+      '--bootstrap',
+      `${first.meshAddrs[0]!},${second.meshAddrs[0]!}`,
+      '--mesh-stall-timeout',
+      `${STALL_MS}ms`,
     ])
     workers = [first, second]
     await Promise.all(workers.map((w) => importModel(w, MODEL)))
@@ -198,10 +202,10 @@ describe('a three-daemon mesh on loopback', () => {
 
   test('a worker that stalls mid-stream (SIGSTOP: connected, silent): after the stall timeout the stream continues on the other, seamless', async (t) => {
     await loadOnWorkers()
-    const { victim, gapMs, served, resumedAfterTokens } = await streamThroughFault(1200, (w) =>
-      w.child.kill('SIGSTOP'),
-    )
     try {
+      const { victim, gapMs, served, resumedAfterTokens } = await streamThroughFault(1800, (w) =>
+        w.child.kill('SIGSTOP'),
+      )
       t.diagnostic(`failover after ${resumedAfterTokens} tokens; longest silence ${Math.round(gapMs)} ms`)
       assert.ok(gapMs >= STALL_MS - 100, `the requester waited out the stall (${Math.round(gapMs)} ms)`)
       // After the stall timeout the survivor re-reads the prefix (a few hundred tokens) before
@@ -215,7 +219,8 @@ describe('a three-daemon mesh on loopback', () => {
       assert.equal(standing?.lastOutcome, 'timeout', JSON.stringify(standing))
       assert.ok((standing?.penalty ?? 0) >= 0.5, JSON.stringify(standing))
     } finally {
-      victim.child.kill('SIGCONT')
+      // Whatever failed, no worker stays stopped for the tests after this one.
+      for (const w of workers) w.child.kill('SIGCONT')
     }
   })
 
@@ -235,7 +240,9 @@ describe('a three-daemon mesh on loopback', () => {
 
   /**
    * Streams `total` "tick tock" tokens through the requester, does `fault` to the worker that
-   * is generating once 100 words arrived, and checks the client saw one seamless answer.
+   * is generating once 20 words arrived, and checks the client saw one seamless answer. (Early:
+   * finding the worker takes a request to the requester, and on a loaded host this fast model
+   * could otherwise finish before the fault lands.)
    */
   async function streamThroughFault(total: number, fault: (worker: DaemonProcess) => void) {
     const res = await fetch(`${requester.url}/api/generate`, {
@@ -266,12 +273,14 @@ describe('a three-daemon mesh on loopback', () => {
       if (faultAt > 0) gapMs = Math.max(gapMs, now - Math.max(lastChunkAt, faultAt))
       lastChunkAt = now
       text += String(chunk.response)
-      if (victim === undefined && text.split(' ').length > 100) {
+      if (victim === undefined && text.split(' ').length > 20) {
         // The worker with our job in flight, as the requester's scheduler counts it (a runner
         // can be busy on another worker for other reasons, e.g. spot-checking a receipt).
-        const { peers } = await peersOf(requester)
-        const serving = peers.filter((p) => (p.standing?.inFlight ?? 0) > 0).map((p) => p.id)
-        assert.equal(serving.length, 1, `one worker runs the job: ${serving.join()}`)
+        const serving = await eventually('one worker with the job in flight', 5_000, async () => {
+          const { peers } = await peersOf(requester)
+          const ids = peers.filter((p) => (p.standing?.inFlight ?? 0) > 0).map((p) => p.id)
+          return ids.length === 1 ? ids : undefined
+        })
         victim = workers.find((w) => w.id === serving[0])
         assert.ok(victim, 'one worker is generating')
         fault(victim)
@@ -289,7 +298,7 @@ describe('a three-daemon mesh on loopback', () => {
     assert.equal(words.length, total, 'every token the client asked for arrived')
     assert.equal(final.eval_count, total)
     const served = final.substrate as Served
-    assert.ok((served.resumedAfterTokens ?? 0) > 100, JSON.stringify(served))
+    assert.ok((served.resumedAfterTokens ?? 0) >= 10, `a failover after the fault: ${JSON.stringify(served)}`)
     assert.equal(served.receipt.outputTokens, total - served.resumedAfterTokens!)
     return { victim, gapMs, served: served.worker, resumedAfterTokens: served.resumedAfterTokens }
   }
