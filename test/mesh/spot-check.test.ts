@@ -32,11 +32,14 @@ import { openDatabase } from '../../src/store/database.ts'
 import { writeTinyModelRecord } from '../helpers/tiny-model.ts'
 import { startPeers, stopPeers, type TestPeer, waitFor } from './helpers.ts'
 
-// Roles: 0 honest worker, 1 cheating worker, 2 requester, 3 checker.
+// Roles: 0 honest worker, 1 cheating worker, 2 requester, 3 checker, 4 an impatient checker.
 const HONEST = 0
 const CHEAT = 1
 const REQUESTER = 2
 const CHECKER = 3
+// Waits only briefly for a request: for the silent-peer case alone (a loaded machine needs
+// the default 10 s for real requests).
+const IMPATIENT = 4
 
 /** A worker that never runs the model: it streams made-up words and signs for them. */
 const cheatingRunJob: RunJob = async function* () {
@@ -67,7 +70,7 @@ describe('spot checks over /substrate/spot-check/1', () => {
       { logger: silentLogger },
       { threads: 1, parallel: 1, contextSize: 512, keepAliveMs: 60_000, maxLoadedModels: 1 },
     )
-    peers = await startPeers(4)
+    peers = await startPeers(5)
     const honestRun = createRuntimeJobRunner({
       runtime,
       modelByDigest: (d) => (d === model.digest ? model : undefined),
@@ -97,7 +100,7 @@ describe('spot checks over /substrate/spot-check/1', () => {
           modelByDigest: (d) => (i === CHECKER && d === model.digest ? model : undefined),
           candidates: () => peers.map((p) => p.identity.id),
         },
-        { rate: 1, checkTimeoutMs: 60_000, requestTimeoutMs: 1_000 },
+        { rate: 1, checkTimeoutMs: 60_000, ...(i === IMPATIENT ? { requestTimeoutMs: 1_000 } : {}) },
       )
       await check.start()
       checks.push(check)
@@ -230,9 +233,9 @@ describe('spot checks over /substrate/spot-check/1', () => {
 
   test('garbage, an oversize frame and silence are refused and cost the checker nothing', async () => {
     const before = opsOf(ledgers[CHECKER]!, id(CHECKER)).length
-    const send = async (bytes: Uint8Array | undefined) => {
+    const send = async (bytes: Uint8Array | undefined, to = CHECKER) => {
       const stream = await peers[REQUESTER]!.mesh.libp2p.dialProtocol(
-        peers[CHECKER]!.mesh.libp2p.peerId,
+        peers[to]!.mesh.libp2p.peerId,
         SPOT_CHECK_PROTOCOL,
       )
       const lp = lpStream(stream, { maxDataLength: 1 << 20 })
@@ -249,7 +252,7 @@ describe('spot checks over /substrate/spot-check/1', () => {
       code: 'E_PROTOCOL',
     })
     assert.deepEqual(pick(await send(Uint8Array.from([1, 2, 3]))), { t: 'refuse', code: 'E_PROTOCOL' })
-    assert.deepEqual(pick(await send(undefined)), { t: 'refuse', code: 'E_PEER_TIMEOUT' })
+    assert.deepEqual(pick(await send(undefined, IMPATIENT)), { t: 'refuse', code: 'E_PEER_TIMEOUT' })
     // The length prefix alone says too much: refused before the body is buffered.
     const prefix = varint(MAX_CHECK_REQUEST_BYTES + 1)
     const stream = await peers[REQUESTER]!.mesh.libp2p.dialProtocol(
