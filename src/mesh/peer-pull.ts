@@ -39,6 +39,8 @@ export interface PeerPullInit {
   pipelineDepth?: number
   /** Silence from a holder this long drops it. */
   stallTimeoutMs?: number
+  /** Called for every chunk verified and written, with the holder it came from (benchmarks, logs). */
+  onChunk?: (index: number, peer: string) => void
   /** How long a holder that lied or stalled is left out of later pulls. */
   banMs?: number
 }
@@ -193,6 +195,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     const resume = saved?.manifestCid === cid
     if (resume) for (const i of await recheck(paths.path, manifest, saved.written)) written[i] = true
     const resumedChunks = written.filter(Boolean).length
+    const hasher = inOrderHasher(total)
     stats = { chunksFrom: {}, resumedChunks, dropped: {} }
     const run = stats
     if (resumedChunks > 0)
@@ -225,9 +228,11 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     let keep = true // whether the partial is worth keeping for a resume if this attempt fails
     try {
       await saveState()
-      await fetchAll(manifest, peers, written, out, saveState, run, options, (bytes) => {
-        bytesDone += bytes
+      await fetchAll(manifest, peers, written, out, saveState, run, options, (index, data, peer) => {
+        bytesDone += data.length
         report(bytesDone, manifest.size)
+        hasher.add(index, data)
+        init.onChunk?.(index, peer)
       })
       await stateWrite
       await local(out.sync())
@@ -242,7 +247,8 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     }
 
     options.onProgress?.({ status: 'verifying sha256 digest', digest })
-    const actual = await sha256File(paths.path)
+    // Hashed as chunks landed in order when they did; read back from disk otherwise (a resume).
+    const actual = hasher.digest() ?? (await sha256File(paths.path))
     if (`sha256:${actual}` !== digest) {
       log.warn('chunks matched the manifest but the file does not match its digest', { digest, cid })
       await discard(paths)
@@ -272,7 +278,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     saveState: () => Promise<void>,
     run: PeerPullStats,
     options: PeerFetchContext,
-    progressed: (bytes: number) => void,
+    progressed: (index: number, data: Uint8Array, peer: string) => void,
   ): Promise<void> {
     const pending = written.flatMap((w, i) => (w ? [] : [i]))
     /** chunk → holders fetching it now (more than one only in the end game) */
@@ -369,7 +375,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
           fetching.delete(index)
           remaining--
           run.chunksFrom[peer] = (run.chunksFrom[peer] ?? 0) + 1
-          progressed(data.length)
+          progressed(index, data, peer)
           await saveState().catch((err: unknown) => {
             fatal ??= toSubstrateError(err)
           })
@@ -463,6 +469,39 @@ async function recheck(path: string, manifest: ChunkManifest, listed: number[]):
     await file.close()
   }
   return good
+}
+
+/**
+ * The file's sha256 computed while chunks arrive, so a pull needs no second pass over the
+ * file. Chunks come roughly in order (they are handed out in order); a few that overtake
+ * are held until their turn. When too many would be held, or chunks were on disk before
+ * (a resume), it gives up and `digest()` says undefined: then the file is read back.
+ */
+function inOrderHasher(total: number, maxHeld = 16) {
+  const hash = createHash('sha256')
+  const held = new Map<number, Uint8Array>()
+  let next = 0
+  let gaveUp = false
+  return {
+    add(index: number, data: Uint8Array) {
+      if (gaveUp || index < next) return
+      if (index > next) {
+        if (held.size >= maxHeld) {
+          gaveUp = true
+          held.clear()
+        } else held.set(index, data)
+        return
+      }
+      hash.update(data)
+      next++
+      for (let more = held.get(next); more !== undefined; more = held.get(next)) {
+        held.delete(next)
+        hash.update(more)
+        next++
+      }
+    },
+    digest: () => (gaveUp || next !== total ? undefined : hash.digest('hex')),
+  }
 }
 
 async function sha256File(path: string): Promise<string> {

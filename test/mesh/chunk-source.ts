@@ -6,6 +6,9 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { ChunkSource } from '../../src/mesh/model-transfer.ts'
 import { chunkRange, computeManifest, encodeManifest, readFully } from '../../src/models/chunk-manifest.ts'
 
+/** Benchmarks: a bare libp2p stream carrying a whole file (Noise + Yamux, no framing, no hashing). */
+export const RAW_FILE_PROTOCOL = '/substrate-bench/raw-file/1'
+
 export type HolderMode = 'honest' | 'corrupt' | 'stall' | 'lie'
 
 /**
@@ -15,7 +18,7 @@ export type HolderMode = 'honest' | 'corrupt' | 'stall' | 'lie'
 export async function fileChunkSource(
   file: string,
   opts: { mode?: HolderMode; lieAbout?: string; chunkSize?: number } = {},
-): Promise<ChunkSource & { digest: string }> {
+): Promise<ChunkSource & { digest: string; servedChunks(): number }> {
   const manifest = await computeManifest(
     file,
     opts.chunkSize === undefined ? {} : { chunkSize: opts.chunkSize },
@@ -27,6 +30,7 @@ export async function fileChunkSource(
   let sent = 0
   return {
     digest: served.digest,
+    servedChunks: () => sent,
     async manifest(digest) {
       return digest === served.digest ? bytes : undefined
     },
@@ -35,7 +39,8 @@ export async function fileChunkSource(
       const data = Buffer.allocUnsafe(end - start)
       await readFully(handle, data, end - start, start)
       if (opts.mode === 'corrupt') data[data.length >> 1]! ^= 0xff
-      if (opts.mode === 'stall' && sent++ > 0) await sleep(10 * 60_000)
+      if (opts.mode === 'stall' && sent > 0) await sleep(10 * 60_000)
+      sent++
       return data
     },
   }

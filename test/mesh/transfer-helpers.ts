@@ -1,8 +1,8 @@
 // Holders in their own processes and a puller in the test process, for peer-transfer tests.
 
 import { type ChildProcess, spawn } from 'node:child_process'
-import { randomBytes } from 'node:crypto'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { createHash, randomBytes } from 'node:crypto'
+import { mkdir, open } from 'node:fs/promises'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { generateIdentity } from '../../src/identity/keys.ts'
@@ -17,14 +17,19 @@ import {
   type PeerPullInit,
 } from '../../src/mesh/peer-pull.ts'
 import type { OpenWritable } from '../../src/models/writable.ts'
+import { MiB } from '../../src/protocol/limits.ts'
 import type { HolderMode } from './chunk-source.ts'
 
 export interface Holder {
   id: string
   addr: string
   digest: string
+  /** with `baselines`: a TCP port that streams the whole file to whoever connects */
+  tcpPort?: number
   child: ChildProcess
   kill(): void
+  /** Closes stdin: the holder reports how many chunks it served and exits. */
+  finish(): Promise<{ servedChunks: number }>
 }
 
 export async function spawnHolder(config: {
@@ -33,6 +38,8 @@ export async function spawnHolder(config: {
   lieAbout?: string
   bytesPerSecond?: number
   bootstrap?: string
+  baselines?: boolean
+  chunkSize?: number
 }): Promise<Holder> {
   const child = spawn(
     process.execPath,
@@ -47,19 +54,35 @@ export async function spawnHolder(config: {
       timer = setTimeout(() => reject(new Error('holder did not start')), 30_000)
     }),
   ]).finally(() => clearTimeout(timer))
-  const info = JSON.parse(line) as { id: string; addr: string; digest: string }
+  const info = JSON.parse(line) as { id: string; addr: string; digest: string; tcpPort?: number }
   return {
     ...info,
     child,
+    async finish() {
+      const report = new Promise<string>((resolve) => lines.once('line', resolve))
+      child.stdin!.end()
+      return JSON.parse(await report) as { servedChunks: number }
+    },
     kill() {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
     },
   }
 }
 
-/** A file of random bytes: transfer does not care what a model contains. */
-export async function randomFile(path: string, size: number): Promise<void> {
-  await writeFile(path, randomBytes(size))
+/** A file of random bytes (transfer does not care what a model contains); returns its digest. */
+export async function randomFile(path: string, size: number): Promise<string> {
+  const out = await open(path, 'w')
+  const hash = createHash('sha256')
+  try {
+    for (let at = 0; at < size; at += 64 * MiB) {
+      const piece = randomBytes(Math.min(64 * MiB, size - at))
+      hash.update(piece)
+      await out.write(piece, 0, piece.length, at)
+    }
+  } finally {
+    await out.close()
+  }
+  return `sha256:${hash.digest('hex')}`
 }
 
 export interface TestPuller {
