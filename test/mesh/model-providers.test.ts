@@ -40,3 +40,26 @@ describe('model providers in the DHT of three real nodes', () => {
     assert.deepEqual(await providers.find(OTHER_DIGEST, { timeoutMs: 2_000 }), [])
   })
 })
+
+describe('withdrawing a model from the DHT', () => {
+  const started: TestPeer[] = []
+  after(() => stopPeers(started))
+
+  test('a holder that withdrew a model stops announcing it; its other models are still found', async () => {
+    // A provides two models while B is up (B keeps copies of both records), then B leaves
+    // and A withdraws one: a newcomer that can only ask A finds A for the other one only.
+    const [a, b] = await startPeers(2)
+    started.push(a!, b!)
+    const providersA = createModelProviders({ mesh: a!.mesh, logger: silentLogger })
+    await providersA.provide(MODEL_DIGEST, { timeoutMs: 10_000 })
+    await providersA.provide(OTHER_DIGEST, { timeoutMs: 10_000 })
+    await b!.mesh.stop()
+    await providersA.withdraw(MODEL_DIGEST)
+    const [newcomer] = await startPeers(1)
+    started.push(newcomer!)
+    await newcomer!.mesh.dial(a!.mesh.multiaddrs()[0]!, 5_000)
+    const providers = createModelProviders({ mesh: newcomer!.mesh, logger: silentLogger })
+    assert.deepEqual(await providers.find(OTHER_DIGEST, { timeoutMs: 5_000, limit: 1 }), [a!.identity.id])
+    assert.deepEqual(await providers.find(MODEL_DIGEST, { timeoutMs: 3_000 }), [])
+  })
+})
