@@ -7,6 +7,7 @@
 //      chunk count are what the resume fetched twice.
 //
 //   node bench/peer-transfer.ts [--size-mib 1024] [--rate-mib 48] [--rounds 2] [--skip-chunk-sizes]
+//                               [--skip-single]
 
 import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
@@ -34,6 +35,7 @@ const { values } = parseArgs({
     'rate-mib': { type: 'string', default: '48' },
     rounds: { type: 'string', default: '2' },
     'skip-chunk-sizes': { type: 'boolean', default: false },
+    'skip-single': { type: 'boolean', default: false },
   },
 })
 const size = Number(values['size-mib']) * MiB
@@ -101,7 +103,7 @@ try {
   const tcp: number[] = []
   const libp2p: number[] = []
   const protocol: number[] = []
-  for (let r = 0; r < rounds; r++) {
+  for (let r = 0; r < (values['skip-single'] === true ? 0 : rounds); r++) {
     const order = r % 2 === 0 ? ['tcp', 'libp2p', 'protocol'] : ['protocol', 'libp2p', 'tcp']
     for (const what of order) {
       if (what === 'tcp') tcp.push(await timed(() => rawTcp(one.tcpPort!)))

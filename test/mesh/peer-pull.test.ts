@@ -66,16 +66,16 @@ describe('pulling a model from peers', () => {
 
   test('a holder that stalls is dropped after the stall timeout; the pull completes elsewhere', async () => {
     // Slow enough that the stall timeout fires before the end game would route around it.
-    const honest = await holder({ file, bytesPerSecond: CHUNK_SIZE })
+    const honest = await holder({ file, bytesPerSecond: CHUNK_SIZE / 2 })
     const staller = await holder({ file, mode: 'stall' })
-    const p = await puller(join(dir, 'stall'), [staller, honest], { stallTimeoutMs: 1_500 })
+    const p = await puller(join(dir, 'stall'), [staller, honest], { stallTimeoutMs: 4_000 })
     const started = performance.now()
     const record = await p.pull(digest)
     assert.deepEqual(await readFile(record.path), original)
     const stats = p.puller.lastStats()!
     assert.match(stats.dropped[staller.id] ?? '', /in time|stalled/)
     assert.ok(p.puller.banned().has(staller.id))
-    assert.ok(performance.now() - started < 20_000)
+    assert.ok(performance.now() - started < 40_000)
   })
 
   test('when every holder vanishes mid-transfer, a later pull fetches only the missing chunks', async () => {

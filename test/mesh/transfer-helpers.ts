@@ -113,7 +113,7 @@ export async function startPuller(
   await mkdir(tmpDir, { recursive: true })
   const puller = createPeerPuller(
     { transfer, findHolders: async () => holders.map((h) => h.id), logger: silentLogger },
-    { stallTimeoutMs: 3_000, ...init },
+    { stallTimeoutMs: 10_000, ...init },
   )
   return {
     mesh,
