@@ -216,23 +216,33 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       manifest: Buffer.from(fetched.bytes).toString('base64'),
       written: [],
     }
+    // One state write at a time; chunks that land meanwhile share the next one (it reads
+    // `written` when it starts), so the file never lags far behind the chunks on disk.
     let stateWrite: Promise<void> = Promise.resolve()
+    let nextWrite: Promise<void> | undefined
     const saveState = () => {
-      stateWrite = stateWrite.then(async () => {
+      nextWrite ??= stateWrite.then(async () => {
+        nextWrite = undefined
         state.written = written.flatMap((w, i) => (w ? [i] : []))
         await local(writeFile(`${paths.infoPath}.tmp`, JSON.stringify(state)))
         await local(rename(`${paths.infoPath}.tmp`, paths.infoPath))
       })
-      return stateWrite
+      stateWrite = nextWrite.catch(() => {})
+      return nextWrite
     }
     let keep = true // whether the partial is worth keeping for a resume if this attempt fails
     try {
       await saveState()
-      await fetchAll(manifest, peers, written, out, saveState, run, options, (index, data, peer) => {
-        bytesDone += data.length
-        report(bytesDone, manifest.size)
-        hasher.add(index, data)
-        init.onChunk?.(index, peer)
+      await fetchAll(manifest, peers, written, out, saveState, run, options, {
+        verified(index, data, peer) {
+          hasher.add(index, data)
+          init.onChunk?.(index, peer)
+        },
+        // Reported once the state file lists the chunk: what progress shows survives a crash.
+        saved(bytes) {
+          bytesDone += bytes
+          report(bytesDone, manifest.size)
+        },
       })
       await stateWrite
       await local(out.sync())
@@ -278,7 +288,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     saveState: () => Promise<void>,
     run: PeerPullStats,
     options: PeerFetchContext,
-    progressed: (index: number, data: Uint8Array, peer: string) => void,
+    on: { verified(index: number, data: Uint8Array, peer: string): void; saved(bytes: number): void },
   ): Promise<void> {
     const pending = written.flatMap((w, i) => (w ? [] : [i]))
     /** chunk → holders fetching it now (more than one only in the end game) */
@@ -371,14 +381,17 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
             return
           }
           if (isWritten(index)) continue // won while this write was on its way: same bytes
+          on.verified(index, data, peer)
           written[index] = true
           fetching.delete(index)
           remaining--
           run.chunksFrom[peer] = (run.chunksFrom[peer] ?? 0) + 1
-          progressed(index, data, peer)
-          await saveState().catch((err: unknown) => {
-            fatal ??= toSubstrateError(err)
-          })
+          await saveState().then(
+            () => on.saved(data.length),
+            (err: unknown) => {
+              fatal ??= toSubstrateError(err)
+            },
+          )
           notify()
         }
       }
