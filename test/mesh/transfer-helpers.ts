@@ -51,7 +51,7 @@ export async function spawnHolder(config: {
   const line = await Promise.race([
     new Promise<string>((resolve) => lines.once('line', resolve)),
     new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error('holder did not start')), 30_000)
+      timer = setTimeout(() => reject(new Error('holder did not start')), 90_000)
     }),
   ]).finally(() => clearTimeout(timer))
   const info = JSON.parse(line) as { id: string; addr: string; digest: string; tcpPort?: number }
