@@ -33,13 +33,14 @@ const running: DaemonProcess[] = []
 export async function startDaemonProcess(
   args: string[] = [],
   startTimeoutMs = 30_000,
-  options: { netns?: string } = {},
+  options: { netns?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<DaemonProcess> {
   const home = tempHome('substrate-mesh-')
   // The daemon must see only what the test gives it: no SUBSTRATE_* of whoever runs the tests.
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('SUBSTRATE_')) env[key] = value
   env.SUBSTRATE_LOG_FORMAT = 'json'
+  Object.assign(env, options.env)
   const argv = [
     process.execPath,
     cliEntry,

@@ -95,7 +95,8 @@ describe('daemons in separate network namespaces: a worker reachable only throug
     requester = await startDaemonProcess(
       ['--mesh-listen', '/ip4/0.0.0.0/tcp/0', '--bootstrap', `/ip4/11.0.1.1/tcp/${port}/p2p/${relay.id}`],
       60_000,
-      { netns: C },
+      // libp2p's own log of the hole-punching attempts, to show DCUtR ran.
+      { netns: C, env: { DEBUG: 'libp2p:dcutr*' } },
     )
     // AutoNAT: the relay asks the requester to dial its public address back, and only then
     // shares it, so the relayed addresses it gives the worker are ones C can use.
@@ -169,8 +170,13 @@ describe('daemons in separate network namespaces: a worker reachable only throug
     assert.equal(body.substrate?.receipt.requester, requester.id)
     t.diagnostic(`relayed job answered in ${Math.round(performance.now() - started)} ms`)
 
-    // DCUtR tries to upgrade the relayed connection to a direct one; with no path between
-    // the two namespaces it cannot, and the connection stays relayed.
+    // DCUtR tries to upgrade the relayed connection to a direct one: the requester sends
+    // CONNECT with its public address; the worker has no public address to answer with
+    // (and no route to the requester), so every attempt fails and the connection stays
+    // relayed.
+    await eventually('a DCUtR attempt from the requester', 20_000, async () =>
+      requester.stderr().includes(`libp2p:dcutr B sending connect to ${worker.id}`) ? true : undefined,
+    )
     const { peers } = await peersOf(requester)
     assert.equal(peers.find((p) => p.id === worker.id)?.connection, 'relayed')
   })

@@ -111,6 +111,58 @@ describe('libp2p for real networks', () => {
     assert.equal(relay.reachability().relayServing?.reservations, 1)
   })
 
+  test('a relay cuts a relayed connection that passes its data limit', async () => {
+    // 64 KiB each way through a relay: all of it within a 1 MiB limit, and the connection
+    // cut short within a 16 KiB one.
+    const echoThrough = async (connectionDataBytes: number) => {
+      const relay = await node({ relayServe: { maxReservations: 4, connectionDataBytes } })
+      const behind = await node({ bootstrap: [relay.multiaddrs()[0]!] })
+      await waitFor(() => behind.reachability().relays.length > 0, 'a relay reservation', 30_000)
+      const circuit = behind.multiaddrs().find((m) => m.includes('/p2p-circuit'))!
+      await behind.libp2p.handle(
+        TEST_PROTOCOL,
+        async (stream) => {
+          try {
+            for await (const chunk of stream) stream.send(chunk)
+            await stream.close()
+          } catch {
+            // the relay cut the connection under us
+          }
+        },
+        { runOnLimitedConnection: true },
+      )
+      const requester = await node()
+      const relayed = await requester.libp2p.dial(multiaddr(circuit), { signal: AbortSignal.timeout(30_000) })
+      // What is left of the limit once the end-to-end Noise handshake went through the relay.
+      const left = relayed.limits?.bytes
+      assert.ok(left !== undefined && left > 0n && left <= BigInt(connectionDataBytes), `limit left: ${left}`)
+      const stream = await relayed.newStream(TEST_PROTOCOL, {
+        runOnLimitedConnection: true,
+        signal: AbortSignal.timeout(30_000),
+      })
+      let echoed = 0
+      const reading = (async () => {
+        for await (const chunk of stream) echoed += chunk.byteLength
+      })().catch(() => undefined)
+      try {
+        for (let i = 0; i < 64; i++) {
+          if (!stream.send(new Uint8Array(1024)))
+            await stream.onDrain({ signal: AbortSignal.timeout(30_000) })
+        }
+        await stream.close({ signal: AbortSignal.timeout(30_000) })
+      } catch {
+        // cut while sending
+      }
+      await reading
+      return { echoed, open: relayed.status === 'open' }
+    }
+
+    assert.deepEqual(await echoThrough(1024 * 1024), { echoed: 64 * 1024, open: true })
+    const cut = await echoThrough(16 * 1024)
+    assert.ok(cut.echoed < 16 * 1024, `echoed ${cut.echoed} bytes through a 16 KiB limit`)
+    assert.equal(cut.open, false, 'the relay closed the connection')
+  })
+
   test('a restarted node reconnects to remembered peers without bootstrap', async () => {
     const dir = tempDir()
     const datastorePath = join(dir, 'datastore.db')
