@@ -32,7 +32,8 @@ const running: DaemonProcess[] = []
 /** Starts `substrate serve` with `args` (beyond home, host, port, threads) and waits until it answers. */
 export async function startDaemonProcess(
   args: string[] = [],
-  startTimeoutMs = 30_000,
+  // Generous: a daemon start on this shared 2-core machine took over 30 s at load 60.
+  startTimeoutMs = 60_000,
   options: { netns?: string; env?: NodeJS.ProcessEnv } = {},
 ): Promise<DaemonProcess> {
   const home = tempHome('substrate-mesh-')
