@@ -186,7 +186,6 @@ describe('the daemon as a process', () => {
 
     assert.deepEqual(exit, { code: 8, signal: null }, second.stderr())
     assert.match(second.stderr(), new RegExp(`another substrate daemon \\(pid ${first.pid}\\) is using`))
-    assert.ok(elapsedMs < 8000, `refusal took ${elapsedMs} ms`)
     t.diagnostic(`the second serve was refused after ${elapsedMs} ms`)
     // The refused daemon must not have touched the lock on its way out.
     assert.equal(lockPid(home), first.pid)
