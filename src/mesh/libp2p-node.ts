@@ -114,6 +114,11 @@ export interface MeshNodeInit {
   datastorePath?: string
   /** After start, dial at most this many peers remembered from the last run (default 8). */
   reconnectPeers?: number
+  /**
+   * While connected to no one, try the bootstrap peers (then remembered ones) again this often
+   * (default 10 s): a first dial lost to a busy peer or a late start must not leave a node alone.
+   */
+  rejoinIntervalMs?: number
 }
 
 export interface MeshNode {
@@ -274,6 +279,25 @@ export async function createMeshNode(
     })
   }
 
+  // Bootstrap's one dial at start can fail (the peer starts later, or is too busy to answer in
+  // time); libp2p does not retry it. A node connected to no one keeps trying.
+  let rejoining = false
+  const rejoin = async () => {
+    if (rejoining || libp2p.getConnections().length > 0) return
+    rejoining = true
+    try {
+      const results = await Promise.allSettled(
+        bootstrapList.map((addr) => libp2p.dial(multiaddr(addr), { signal: AbortSignal.timeout(10_000) })),
+      )
+      const joined = results.filter((r) => r.status === 'fulfilled').length
+      if (joined > 0) log.info('joined the mesh through a bootstrap peer on a retry', { joined })
+      else if (datastore !== undefined) await reconnect(init.reconnectPeers ?? 8)
+    } finally {
+      rejoining = false
+    }
+  }
+  let rejoinTimer: NodeJS.Timeout | undefined
+
   return {
     libp2p,
     peerId,
@@ -313,8 +337,15 @@ export async function createMeshNode(
         ...(relayServe === undefined ? {} : { relay: relayServe }),
       })
       if (datastore !== undefined) void reconnect(init.reconnectPeers ?? 8)
+      if (bootstrapList.length > 0 || datastore !== undefined) {
+        rejoinTimer = setInterval(() => {
+          rejoin().catch((err: unknown) => log.debug('rejoin failed', { error: String(err) }))
+        }, init.rejoinIntervalMs ?? 10_000)
+        rejoinTimer.unref()
+      }
     },
     async stop() {
+      clearInterval(rejoinTimer)
       libp2p.removeEventListener('peer:discovery', onDiscovery)
       await libp2p.stop()
       datastore?.close()

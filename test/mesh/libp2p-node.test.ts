@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { type AddressInfo, createServer } from 'node:net'
 import { after, before, describe, test } from 'node:test'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
 import { peerIdFromString } from '@libp2p/peer-id'
@@ -6,7 +7,16 @@ import { SubstrateError } from '../../src/errors.ts'
 import { generateIdentity, type Identity, privateKeySeed } from '../../src/identity/keys.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { createMeshNode } from '../../src/mesh/libp2p-node.ts'
-import { startPeers, stopPeers, type TestPeer } from './helpers.ts'
+import { startPeers, stopPeers, type TestPeer, waitFor } from './helpers.ts'
+
+/** A loopback port nothing listens on right now. */
+async function freeLoopbackPort(): Promise<number> {
+  const server = createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
+}
 
 describe('identity seed for libp2p', () => {
   test('libp2p derives the same peer id from the identity seed', async () => {
@@ -69,6 +79,34 @@ describe('mesh libp2p node', () => {
       assert.ok(mesh.libp2p.getConnections(target).length > 0, 'bootstrap peer was not dialled')
     } finally {
       await mesh.stop()
+    }
+  })
+
+  test('a node whose bootstrap peer was not up at its start joins it once it is', async () => {
+    const port = await freeLoopbackPort()
+    const early = generateIdentity()
+    const late = generateIdentity()
+    const mesh = await createMeshNode(
+      { identity: early, logger: silentLogger },
+      { bootstrap: [`/ip4/127.0.0.1/tcp/${port}/p2p/${late.id}`], rejoinIntervalMs: 300 },
+    )
+    const bootstrapPeer = await createMeshNode(
+      { identity: late, logger: silentLogger },
+      { listen: [`/ip4/127.0.0.1/tcp/${port}`], relayClient: false },
+    )
+    await mesh.start()
+    try {
+      await new Promise((r) => setTimeout(r, 1_000))
+      assert.equal(mesh.libp2p.getConnections().length, 0, 'nothing to connect to yet')
+      await bootstrapPeer.start()
+      await waitFor(
+        () => mesh.libp2p.getConnections(peerIdFromString(late.id)).length > 0,
+        'a connection to the late bootstrap peer',
+        30_000,
+      )
+    } finally {
+      await mesh.stop()
+      await bootstrapPeer.stop()
     }
   })
 
