@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { rmSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
-import { nsFetch } from './netns.ts'
+import { nsFetch, nsRun } from './netns.ts'
 import { tempHome } from './node.ts'
 
 const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
@@ -102,6 +102,35 @@ export async function startDaemonProcess(
   child.kill('SIGKILL')
   rmSync(home, { recursive: true, force: true })
   throw new Error(`serve did not become ready within ${startTimeoutMs} ms:\n${stderr}`)
+}
+
+/**
+ * Runs the CLI as its own process against `daemon` (inside its namespace when it has one) and
+ * resolves with its stdout; a non-zero exit fails with its stderr.
+ */
+export async function runCliProcess(daemon: DaemonProcess, argv: string[]): Promise<string> {
+  const full = [
+    process.execPath,
+    cliEntry,
+    ...argv,
+    '--home',
+    daemon.home,
+    '--port',
+    new URL(daemon.url).port,
+  ]
+  if (daemon.netns !== undefined) return nsRun(daemon.netns, full)
+  const child = spawn(full[0]!, full.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
+  let out = ''
+  let err = ''
+  child.stdout?.on('data', (d: Buffer) => {
+    out += d.toString()
+  })
+  child.stderr?.on('data', (d: Buffer) => {
+    err += d.toString()
+  })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  assert.equal(code, 0, err)
+  return out
 }
 
 /** Polls `check` every 50 ms until it returns a value other than undefined, or fails naming `what`. */

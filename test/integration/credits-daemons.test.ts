@@ -4,19 +4,17 @@
 // learns the receipt by ledger sync: all three answer `substrate credits` alike.
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { after, before, describe, test } from 'node:test'
-import { fileURLToPath } from 'node:url'
 import type { CreditsResponse, LedgerBalancesResponse, ServedInfo } from '../../src/api/types.ts'
 import {
   type DaemonProcess,
   eventually,
+  runCliProcess,
   startDaemonProcess,
   stopAllDaemons,
 } from '../helpers/daemon-process.ts'
 
 const MODEL = 'substrate-tiny'
-const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
 async function getJson<T>(d: DaemonProcess, path: string): Promise<T> {
   const res = await fetch(`${d.url}${path}`)
@@ -26,21 +24,7 @@ async function getJson<T>(d: DaemonProcess, path: string): Promise<T> {
 
 /** `substrate credits MEMBER --json` against `d`, as a separate process. */
 async function cliCredits(d: DaemonProcess, member: string): Promise<CreditsResponse> {
-  const port = new URL(d.url).port
-  const child = spawn(
-    process.execPath,
-    [cliEntry, 'credits', member, '--json', '--port', port, '--home', d.home],
-    {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  )
-  let out = ''
-  let err = ''
-  child.stdout.on('data', (c: Buffer) => (out += c.toString()))
-  child.stderr.on('data', (c: Buffer) => (err += c.toString()))
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-  assert.equal(code, 0, err)
-  return JSON.parse(out) as CreditsResponse
+  return JSON.parse(await runCliProcess(d, ['credits', member, '--json'])) as CreditsResponse
 }
 
 describe('credits across three daemons', () => {

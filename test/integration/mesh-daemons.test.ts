@@ -7,10 +7,8 @@
 // tokens it was generated as, which prefix continuation needs), imported on the workers only.
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { fileURLToPath } from 'node:url'
 import { Ollama } from 'ollama'
 import OpenAI from 'openai'
 import { readNdjson } from '../../src/api/client.ts'
@@ -19,13 +17,13 @@ import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
 import {
   type DaemonProcess,
   eventually,
+  runCliProcess,
   startDaemonProcess,
   stopAllDaemons,
 } from '../helpers/daemon-process.ts'
 
 const MODEL = 'remote-tiny'
 const STALL_MS = 1_500
-const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 
 interface Served {
   worker: string
@@ -160,22 +158,7 @@ describe('a three-daemon mesh on loopback', () => {
   })
 
   test('substrate run on the node lacking the model streams the answer from a peer', async () => {
-    const port = new URL(requester.url).port
-    const child = spawn(
-      process.execPath,
-      [cliEntry, 'run', MODEL, 'hi', '--home', requester.home, '--port', port],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    )
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-    })
-    child.stderr.on('data', (d: Buffer) => {
-      err += d.toString()
-    })
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-    assert.equal(code, 0, err)
+    const out = await runCliProcess(requester, ['run', MODEL, 'hi'])
     assert.equal(out.trim(), TINY_ANSWER)
   })
 

@@ -18,15 +18,14 @@
 // reason; SUBSTRATE_TEST_SKIP_NETNS=1 skips it explicitly (never on this project's CI).
 
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
-import { fileURLToPath } from 'node:url'
 import type { PeersResponse } from '../../src/api/types.ts'
 import { TINY_ANSWER, writeTinyModel } from '../../src/models/builtin.ts'
 import {
   type DaemonProcess,
   eventually,
+  runCliProcess,
   startDaemonProcess,
   stopAllDaemons,
 } from '../helpers/daemon-process.ts'
@@ -42,7 +41,6 @@ import {
 } from '../helpers/netns.ts'
 
 const MODEL = 'relayed-tiny'
-const cliEntry = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url))
 const skip = process.env[SKIP_NETNS_ENV] === '1'
 const R = nsName('relay')
 const B = nsName('worker')
@@ -182,22 +180,7 @@ describe('daemons in separate network namespaces: a worker reachable only throug
   })
 
   test('substrate peers inside the requester’s namespace shows the worker reached via the relay', async () => {
-    const port = new URL(requester.url).port
-    const child = spawn(
-      'ip',
-      ['netns', 'exec', C, process.execPath, cliEntry, 'peers', '--home', requester.home, '--port', port],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    )
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString()
-    })
-    child.stderr.on('data', (d: Buffer) => {
-      err += d.toString()
-    })
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-    assert.equal(code, 0, err)
+    const out = await runCliProcess(requester, ['peers'])
     assert.match(out, /^reachable\s+public/m, out)
     const row = out.split('\n').find((l) => l.startsWith(worker.id))
     assert.ok(row, out)
