@@ -23,6 +23,8 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '1,2' },
     // the runner sandbox; absent: the daemon's default (bwrap)
     sandbox: { type: 'string' },
+    // the daemon's engine (runtime.engine): llama-server (built by `substrate engine build`) or node-llama-cpp
+    engine: { type: 'string', default: 'llama-server' },
   },
 })
 const ROUNDS = Number(values.rounds)
@@ -127,6 +129,7 @@ for (const threads of THREADS) {
     parallel: PARALLEL,
     contextSize: CONTEXT,
     sandbox: values.sandbox,
+    engine: values.engine,
   })
   try {
     path = await modelPath(daemon.url, MODEL) // generates the model without loading a runner

@@ -26,6 +26,8 @@ export interface DaemonOptions {
   contextSize?: number
   /** sandbox.backend (bwrap, gvisor, none); the daemon's default when absent */
   sandbox?: string
+  /** runtime.engine (auto, llama-server, node-llama-cpp); the daemon's default (auto) when absent */
+  engine?: string
   /** the CLI entry to run; defaults to the sources */
   entry?: string
   /** more SUBSTRATE_* settings, e.g. { SUBSTRATE_MESH: 'false' } */
@@ -65,6 +67,9 @@ export async function startDaemon(options: DaemonOptions = {}): Promise<DaemonPr
   env.SUBSTRATE_LOG_LEVEL = 'info'
   env.SUBSTRATE_LOG_FORMAT = 'json'
   env.SUBSTRATE_KEEP_ALIVE = '-1'
+  // a benchmark measures, it never starts a 15-minute compile beside what it measures
+  env.SUBSTRATE_ENGINE_BUILD = 'false'
+  if (options.engine !== undefined) env.SUBSTRATE_ENGINE = options.engine
   if (options.contextSize !== undefined) env.SUBSTRATE_CONTEXT_SIZE = String(options.contextSize)
   Object.assign(env, options.env)
   const child: ChildProcess = spawn(process.execPath, args, {

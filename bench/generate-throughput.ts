@@ -29,6 +29,8 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '1,2' },
     // the runner sandbox for our daemon; absent: the daemon's default (bwrap)
     sandbox: { type: 'string' },
+    // our daemon's engine (runtime.engine): llama-server (built by `substrate engine build`) or node-llama-cpp
+    engine: { type: 'string', default: 'llama-server' },
   },
 })
 const ROUNDS = Number(values.rounds)
@@ -78,6 +80,7 @@ async function daemonContender(threads: number): Promise<
     parallel: PARALLEL,
     contextSize: CONTEXT,
     sandbox: values.sandbox,
+    engine: values.engine,
   })
   try {
     await streamGenerate(daemon.url, MODEL, 'Warm the runner up.', 8) // generates the model, loads the runner

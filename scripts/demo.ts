@@ -44,6 +44,9 @@ async function startDaemon(name: string, bootstrap?: string): Promise<Daemon> {
   const env: NodeJS.ProcessEnv = { ...process.env, SUBSTRATE_LOG_FORMAT: 'json' }
   for (const key of Object.keys(env))
     if (key.startsWith('SUBSTRATE_') && key !== 'SUBSTRATE_LOG_FORMAT') delete env[key]
+  // The demo lives a minute: it uses llama-server if this machine has built it (engine auto),
+  // and leaves starting that ~15-minute build to a daemon that stays (`substrate engine build`).
+  env.SUBSTRATE_ENGINE_BUILD = 'false'
   const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'ignore', 'pipe'] })
   let log = ''
   child.stderr?.on('data', (d: Buffer) => {

@@ -1,5 +1,5 @@
 // Installs the system packages the node needs and npm cannot provide: bubblewrap (the
-// runner sandbox), and compiles the sandbox's Landlock helper (src/sandbox/landlock-exec.c)
+// runner sandbox), with --build-tools what building llama-server needs, and compiles the sandbox's Landlock helper (src/sandbox/landlock-exec.c)
 // when a C compiler is there. Runs before the demo and the tests. As root (or with passwordless sudo)
 // on a Debian/Ubuntu machine it installs them with apt; otherwise it prints the one command
 // to run and exits non-zero only when --require is given.
@@ -33,6 +33,15 @@ if (!landlock.ok)
 else if (landlock.built) console.log(`• built the Landlock helper: ${landlock.path}`)
 
 const packages = [{ binary: 'bwrap', pkg: 'bubblewrap' }]
+// The test suite builds llama.cpp's server once per machine (src/runtime/engine.ts).
+if (process.argv.includes('--build-tools')) {
+  packages.push(
+    { binary: 'git', pkg: 'git' },
+    { binary: 'cmake', pkg: 'cmake' },
+    { binary: 'make', pkg: 'make' },
+    { binary: 'c++', pkg: 'g++' },
+  )
+}
 const has = (bin: string) => spawnSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' }).status === 0
 const missing = packages.filter((p) => !has(p.binary))
 if (missing.length === 0) process.exit(0)
@@ -51,5 +60,7 @@ if (has('apt-get') && (isRoot || canSudo)) {
   const install = () => apt('install', '-y', '--no-install-recommends', ...missing.map((p) => p.pkg))
   if ((install() || (apt('update') && install())) && missing.every((p) => has(p.binary))) process.exit(0)
 }
-console.error(`The runner sandbox needs: ${names}. Install it with:\n  sudo apt-get install -y ${names}`)
+console.error(
+  `The runner sandbox (and with --build-tools the engine build) needs: ${names}. Install it with:\n  sudo apt-get install -y ${names}`,
+)
 process.exit(process.argv.includes('--require') ? 1 : 0)

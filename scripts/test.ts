@@ -21,6 +21,12 @@ if (files.length === 0) {
   step('type check (tsc)', bin('tsc'), ['-p', 'tsconfig.json', '--noEmit'])
   step('lint (biome)', bin('biome'), ['check', 'src', 'test', 'bench', 'scripts'])
   step('no circular imports (madge)', bin('madge'), ['--circular', '--extensions', 'ts', 'src'])
+  // Before the tests, alone on the CPUs: cached per machine, ~15 min on 2 cores the first time.
+  step("llama.cpp's server for this CPU (built once per machine, then cached)", process.execPath, [
+    'src/cli/main.ts',
+    'engine',
+    'build',
+  ])
 }
 const tests = files.length > 0 ? files : globSync('test/**/*.test.ts').sort()
 const result = spawnSync(

@@ -32,6 +32,8 @@ export const errorTable = {
   E_DOWNLOAD_FAILED: { status: 502, exit: 11 },
   E_CONFIG: { status: 500, exit: 12 },
   E_SANDBOX_UNAVAILABLE: { status: 503, exit: 13 },
+  E_ENGINE_UNAVAILABLE: { status: 503, exit: 10 },
+  E_ENGINE_BUILD: { status: 500, exit: 10 },
   E_UNKNOWN_JOB_KIND: { status: 400, exit: 14 },
   E_WORKER_BUSY: { status: 503, exit: 14 },
   E_PROTOCOL: { status: 502, exit: 14 },

@@ -23,6 +23,7 @@ import { createSpotCheck } from './mesh/spot-check.ts'
 import { defaultSources } from './models/sources/index.ts'
 import { createModelStore } from './models/store.ts'
 import type { ModelStore } from './models/types.ts'
+import { builtEnginePath, resolveEngine, startBackgroundEngineBuild } from './runtime/engine.ts'
 import { createRuntime, type Runtime } from './runtime/runtime.ts'
 import { createRunnerSpawner, type SandboxStatus } from './sandbox/select.ts'
 import { acquireHomeLock, type Db, openDatabase } from './store/database.ts'
@@ -120,10 +121,27 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     }
     const runners = await createRunnerSpawner({ logger }, { backend: config.sandbox.backend })
     const sandbox = runners.describe()
+    const engineSetting = config.runtime.engine
+    const engine = () => resolveEngine(engineSetting, config.runtime.llamaServer)
+    if (
+      engineSetting === 'auto' &&
+      config.runtime.engineBuild &&
+      runners.enginePathInside?.(builtEnginePath()) !== undefined &&
+      engine().kind === 'node-llama-cpp'
+    ) {
+      const build = startBackgroundEngineBuild(logger)
+      cleanup.unshift(async () => {
+        build.stop()
+        await build.done
+      })
+    } else if (engineSetting !== 'node-llama-cpp') {
+      engine() // a configured llama-server that is missing: refuse to start, with the hint
+    }
     const runtime = createRuntime(
       { logger },
       {
         launcher: runners,
+        engine,
         threads: config.runtime.threads,
         parallel: config.runtime.parallel,
         contextSize: config.runtime.contextSize,

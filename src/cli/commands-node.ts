@@ -23,6 +23,16 @@ const serveFlags: Record<string, FlagSpec> = {
     value: 'N',
     help: 'models kept loaded at once (SUBSTRATE_MAX_LOADED_MODELS)',
   },
+  engine: {
+    type: 'string',
+    value: 'E',
+    help: 'auto (llama-server once built), llama-server or node-llama-cpp (SUBSTRATE_ENGINE)',
+  },
+  'engine-build': {
+    type: 'string',
+    value: 'BOOL',
+    help: 'build llama-server in the background when none is built (default true; SUBSTRATE_ENGINE_BUILD)',
+  },
   'log-level': { type: 'string', value: 'L', help: 'debug, info, warn or error (SUBSTRATE_LOG_LEVEL)' },
   sandbox: { type: 'string', value: 'B', help: 'runner sandbox: bwrap, gvisor or none (SUBSTRATE_SANDBOX)' },
   mesh: {
@@ -99,6 +109,7 @@ const serve: Command = {
     'SUBSTRATE_LOG_LEVEL  debug, info, warn or error',
     'SUBSTRATE_LOG_FORMAT json for one JSON object per log line',
     'SUBSTRATE_KEEP_ALIVE, SUBSTRATE_THREADS, SUBSTRATE_PARALLEL, SUBSTRATE_CONTEXT_SIZE',
+    'SUBSTRATE_ENGINE, SUBSTRATE_ENGINE_BUILD, SUBSTRATE_LLAMA_SERVER (a llama-server binary of your own)',
     'SUBSTRATE_MESH, SUBSTRATE_MESH_LISTEN, SUBSTRATE_BOOTSTRAP, SUBSTRATE_MDNS, SUBSTRATE_JOB_SLOTS',
     'SUBSTRATE_MESH_STALL_TIMEOUT',
     'SUBSTRATE_RELAY, SUBSTRATE_RELAY_MAX_RESERVATIONS, SUBSTRATE_RELAY_CLIENT, SUBSTRATE_RANDOM_WALK',

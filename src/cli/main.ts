@@ -17,6 +17,7 @@ const node: Loader = async () => (await import('./commands-node.ts')).commands
 const peers: Loader = async () => (await import('./commands-peers.ts')).commands
 const credits: Loader = async () => (await import('./commands-credits.ts')).commands
 const doctor: Loader = async () => (await import('./commands-doctor.ts')).commands
+const engine: Loader = async () => (await import('./commands-engine.ts')).commands
 
 /** Every command, its one-line summary and where it lives; the order is the help's. */
 export const commandIndex: Record<string, { summary: string; load: Loader }> = {
@@ -40,6 +41,7 @@ export const commandIndex: Record<string, { summary: string; load: Loader }> = {
   config: { summary: "Show the daemon's configuration and where each value came from", load: node },
   version: { summary: "Show the CLI's and the daemon's version", load: node },
   doctor: { summary: 'Show which sandbox layers this host really enforces for runners', load: doctor },
+  engine: { summary: "Show the inference engine, or build llama.cpp's server for this CPU", load: engine },
 }
 const aliases: Record<string, string> = { ls: 'list' }
 

@@ -62,6 +62,9 @@ const shortNames: Record<string, ConfigKey> = {
   parallel: 'runtime.parallel',
   contextsize: 'runtime.contextSize',
   maxloadedmodels: 'runtime.maxLoadedModels',
+  engine: 'runtime.engine',
+  llamaserver: 'runtime.llamaServer',
+  enginebuild: 'runtime.engineBuild',
   loglevel: 'log.level',
   sandbox: 'sandbox.backend',
   mesh: 'mesh.enabled',
@@ -316,6 +319,7 @@ function displayValue(config: Config, key: ConfigKey): string {
   }
   if (key === 'models.quota') return config.models.quota === 0 ? '0 (no limit)' : String(config.models.quota)
   if (key === 'mesh.stallTimeout') return formatDuration(config.mesh.stallTimeout)
+  if (key === 'runtime.llamaServer') return config.runtime.llamaServer ?? '(the built one)'
   if (key === 'mesh.listen' || key === 'mesh.bootstrap') {
     const list = config.mesh[key === 'mesh.listen' ? 'listen' : 'bootstrap']
     return list.length === 0 ? '(none)' : list.join(',')

@@ -18,6 +18,9 @@ export const configKeys = [
   'runtime.parallel',
   'runtime.contextSize',
   'runtime.maxLoadedModels',
+  'runtime.engine',
+  'runtime.llamaServer',
+  'runtime.engineBuild',
   'log.level',
   'sandbox.backend',
   'mesh.enabled',
@@ -219,6 +222,15 @@ export const leafSchemas = {
   'runtime.parallel': { schema: positiveInt, expect: 'an integer of at least 1' },
   'runtime.contextSize': { schema: positiveInt, expect: 'an integer of at least 1 (tokens per sequence)' },
   'runtime.maxLoadedModels': { schema: positiveInt, expect: 'an integer of at least 1' },
+  'runtime.engine': {
+    schema: z.enum(['auto', 'llama-server', 'node-llama-cpp']),
+    expect: 'one of auto (llama-server once built, node-llama-cpp until then), llama-server, node-llama-cpp',
+  },
+  'runtime.llamaServer': {
+    schema: z.string().refine((p) => p.startsWith('/')),
+    expect: 'the absolute path of a llama-server binary (default: the one `substrate engine build` makes)',
+  },
+  'runtime.engineBuild': { schema: booleanSchema, expect: 'true or false' },
   'log.level': {
     schema: z.enum(['debug', 'info', 'warn', 'error']),
     expect: 'one of debug, info, warn, error',
@@ -316,6 +328,11 @@ export const configSchema = z
         /** Context window per sequence, in tokens. */
         contextSize: leafSchemas['runtime.contextSize'].schema.default(4096),
         maxLoadedModels: leafSchemas['runtime.maxLoadedModels'].schema.default(2),
+        /** Which engine runs models (src/runtime/engine.ts). */
+        engine: leafSchemas['runtime.engine'].schema.default('auto'),
+        llamaServer: leafSchemas['runtime.llamaServer'].schema.optional(),
+        /** With engine auto: build llama-server in the background when the daemon starts and none is built. */
+        engineBuild: leafSchemas['runtime.engineBuild'].schema.default(true),
       })
       .prefault({}),
     log: z.object({ level: leafSchemas['log.level'].schema.default('info') }).prefault({}),

@@ -31,6 +31,8 @@ export const loadMessageSchema = z.object({
   parallel: z.number().int().positive(),
   /** 0 = choose by measurement */
   threads: z.number().int().nonnegative(),
+  /** run the model in llama.cpp's own server at this path (engine.ts); absent: node-llama-cpp */
+  llamaServer: z.string().optional(),
 })
 
 export const generateMessageSchema = z.object({

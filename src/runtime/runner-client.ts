@@ -70,6 +70,8 @@ export interface StartRunnerInit {
   contextSize: number
   parallel: number
   threads: number
+  /** llama-server on the host (engine.ts): the runner drives it instead of node-llama-cpp */
+  llamaServer?: string
   loadTimeoutMs?: number
 }
 
@@ -78,11 +80,18 @@ function typedError(code: string, message: string): SubstrateError {
 }
 
 export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> {
+  const engineInside =
+    init.llamaServer === undefined
+      ? undefined
+      : init.launcher.enginePathInside === undefined
+        ? init.llamaServer
+        : init.launcher.enginePathInside(init.llamaServer)
   const child: ChildProcessWithoutNullStreams = init.launcher.spawn({
     modelPath: init.modelPath,
     threads: init.threads,
     contextSize: init.contextSize,
     parallel: init.parallel,
+    ...(engineInside !== undefined && { enginePath: init.llamaServer }),
   })
   const log = init.logger.child(`runner:${child.pid ?? '?'}`)
   const requests = new Map<string, Channel<RunnerEvent | ScoredEvent>>()
@@ -165,6 +174,7 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
     contextSize: init.contextSize,
     parallel: init.parallel,
     threads: init.threads,
+    ...(engineInside !== undefined && { llamaServer: engineInside }),
   })
   const ready = await new Promise<Extract<FromRunner, { type: 'ready' }>>((resolve, reject) => {
     const timer = setTimeout(() => {

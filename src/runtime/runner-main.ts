@@ -5,8 +5,15 @@
 // Concurrency: one context with `parallel` sequences. Each request takes a free sequence;
 // node-llama-cpp batches the evaluations of concurrently generating sequences into one
 // decode call, which is where the multi-stream throughput comes from.
+//
+// With the llama-server engine (engine.ts) the runner loads only the vocabulary here,
+// tokenizes and renders chat templates itself, and streams from llama.cpp's server (its own
+// child, in the same sandbox) with one slot per sequence. Teacher-forced scoring loads the
+// full model into node-llama-cpp on first use: it needs logits at claimed tokens, which the
+// server does not offer.
 
 import { statSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { createInterface } from 'node:readline'
 import type {
   ChatHistoryItem,
@@ -18,6 +25,7 @@ import type {
   Token,
 } from 'node-llama-cpp'
 import { pickCheckPositions } from '../ledger/spot-check-sampling.ts'
+import { type LlamaServer, startLlamaServer } from './llama-server-backend.ts'
 import {
   type ChatMessage,
   type DoneReason,
@@ -43,18 +51,62 @@ const freeSequences: LlamaContextSequence[] = []
 const waitingForSequence: Array<(seq: LlamaContextSequence) => void> = []
 const active = new Map<string, AbortController>()
 let sequenceContextSize = 0
+let server: LlamaServer | undefined
+/** the full model for scoring, when `model` holds only the vocabulary (llama-server engine) */
+let scoringModel: Promise<void> | undefined
+let loaded: { modelPath: string; threads: number } | undefined
 
-async function load(modelPath: string, contextSize: number, parallel: number, threads: number) {
+interface LoadRequest {
+  modelPath: string
+  contextSize: number
+  parallel: number
+  threads: number
+  llamaServer?: string
+}
+
+async function load({ modelPath, contextSize, parallel, threads, llamaServer }: LoadRequest) {
   const started = performance.now()
   lib = await import('node-llama-cpp')
   llama = await lib.getLlama({ gpu: false, logLevel: lib.LlamaLogLevel.error, maxThreads: 0 })
-  model = await llama.loadModel({ modelPath })
+  model = await llama.loadModel({ modelPath, vocabOnly: llamaServer !== undefined })
   chatWrapper = lib.resolveChatWrapper(model)
+  if (llamaServer !== undefined) {
+    const chosen = threads > 0 ? threads : Math.max(1, availableParallelism())
+    const perSequence = Math.min(contextSize, model.trainContextSize || contextSize)
+    const vocab = model
+    server = await startLlamaServer({
+      binary: llamaServer,
+      modelPath,
+      contextSize: perSequence,
+      parallel,
+      threads: chosen,
+      isEndToken: (t) => vocab.isEogToken(t as Token),
+    })
+    // the server is the model: without it this runner serves nothing, so it ends too (the
+    // daemon answers in-flight requests and starts a fresh runner on the next one)
+    void server.exited.then((why) => {
+      process.stderr.write(`${why}\n`)
+      process.exit(4)
+    })
+    sequenceContextSize = server.contextSize
+    loaded = { modelPath, threads: chosen }
+    send({
+      type: 'ready',
+      loadMs: performance.now() - started,
+      contextSize: sequenceContextSize,
+      trainContextSize: model.trainContextSize,
+      buildType: 'llama-server',
+      threads: chosen,
+      measuredTokensPerSecond: {},
+    })
+    return
+  }
   const choice = await chooseThreads(model, threads, statSync(modelPath).size)
   const size = Math.min(contextSize, model.trainContextSize) * parallel
   context = await model.createContext({ contextSize: size, sequences: parallel, threads: choice.threads })
   for (let i = 0; i < parallel; i++) freeSequences.push(context.getSequence())
   sequenceContextSize = context.contextSize / parallel
+  loaded = { modelPath, threads: choice.threads }
   send({
     type: 'ready',
     loadMs: performance.now() - started,
@@ -101,7 +153,63 @@ function samplingFor(options: SamplingOptions) {
   }
 }
 
+async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
+  const abort = new AbortController()
+  active.set(req.id, abort)
+  const received = performance.now()
+  let firstTokenAt = 0
+  let lastTokenAt = 0
+  try {
+    const prompt = promptTokensOf(req)
+    assertFits(prompt.length + 1)
+    // LlamaChat starts a new response at its first non-space character; answers must not
+    // depend on the engine (a spot check re-tokenizes the text a worker returned).
+    let trimStart = req.mode === 'chat' && req.messages?.at(-1)?.role !== 'assistant'
+    const result = await srv.complete(
+      prompt,
+      { ...req.options, extraStops: req.mode === 'chat' ? chatStopStrings(req) : [] },
+      abort.signal,
+      (piece) => {
+        lastTokenAt = performance.now()
+        if (firstTokenAt === 0) firstTokenAt = lastTokenAt
+        const text = trimStart ? piece.trimStart() : piece
+        if (text === '') return
+        trimStart = false
+        send({ type: 'token', id: req.id, text })
+      },
+    )
+    send({
+      type: 'done',
+      id: req.id,
+      stats: {
+        reason: result.reason,
+        promptTokens: prompt.length,
+        outputTokens: result.outputTokens,
+        promptEvalMs: (firstTokenAt || performance.now()) - received,
+        evalMs: firstTokenAt ? lastTokenAt - firstTokenAt : 0,
+      },
+    })
+  } catch (err) {
+    sendError(req.id, err)
+  } finally {
+    active.delete(req.id)
+  }
+}
+
+/** The chat template's own stop texts (special tokens end generation in the server already). */
+function chatStopStrings(req: GenerateMessage): string[] {
+  if (!chatWrapper) return []
+  const history = toHistory(req.messages ?? [])
+  if (history.at(-1)?.type !== 'model') history.push({ type: 'model', response: [] })
+  const { stopGenerationTriggers } = chatWrapper.generateContextState({ chatHistory: history })
+  return stopGenerationTriggers
+    .filter((t) => t.values.every((v) => typeof v === 'string'))
+    .map((t) => t.values.join(''))
+    .filter((t) => t !== '')
+}
+
 async function generate(req: GenerateMessage) {
+  if (server) return generateOnServer(req, server)
   const abort = new AbortController()
   active.set(req.id, abort)
   const received = performance.now()
@@ -197,7 +305,7 @@ async function generate(req: GenerateMessage) {
 // The tokens `generate` feeds the model for this request, rebuilt the same way: LlamaCompletion
 // prepends BOS where the vocabulary wants it; LlamaChat renders the history through the
 // chat wrapper and opens the model's turn.
-function promptTokensOf(req: ScoreMessage): number[] {
+function promptTokensOf(req: Pick<ScoreMessage, 'mode' | 'prompt' | 'messages'>): number[] {
   if (!model || !chatWrapper) throw new Error('score before load')
   if (req.mode === 'chat') {
     // A last assistant message is a response being continued (mesh failover): the model's turn
@@ -213,7 +321,28 @@ function promptTokensOf(req: ScoreMessage): number[] {
   return bos === null ? [...text] : [bos, ...text]
 }
 
+/** With the llama-server engine: the full model and one sequence for scoring, loaded once. */
+function ensureScoringModel(): Promise<void> {
+  scoringModel ??= (async () => {
+    if (!llama || !loaded) throw new Error('score before load')
+    const full = await llama.loadModel({ modelPath: loaded.modelPath })
+    context = await full.createContext({
+      contextSize: sequenceContextSize,
+      sequences: 1,
+      threads: loaded.threads,
+    })
+    freeSequences.push(context.getSequence())
+  })()
+  return scoringModel
+}
+
 async function score(req: ScoreMessage) {
+  try {
+    if (server) await ensureScoringModel()
+  } catch (err) {
+    sendError(req.id, err)
+    return
+  }
   const seq = await acquireSequence()
   try {
     if (!model) throw new Error('score before load')
@@ -262,7 +391,7 @@ lines.on('line', (line) => {
     return
   }
   if (msg.type === 'load') {
-    load(msg.modelPath, msg.contextSize, msg.parallel, msg.threads).catch((err: unknown) => {
+    load(msg).catch((err: unknown) => {
       send({
         type: 'error',
         code: 'E_INVALID_MODEL_FILE',
@@ -277,8 +406,12 @@ lines.on('line', (line) => {
   } else if (msg.type === 'cancel') {
     active.get(msg.id)?.abort()
   } else {
+    server?.stop()
     process.exit(0)
   }
 })
-// The daemon closing our stdin means it is gone: never outlive it.
-lines.on('close', () => process.exit(0))
+// The daemon closing our stdin means it is gone: never outlive it (nor may the server).
+lines.on('close', () => {
+  server?.stop()
+  process.exit(0)
+})

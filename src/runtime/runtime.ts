@@ -5,6 +5,7 @@
 
 import type { Logger } from '../logger.ts'
 import type { ModelRecord } from '../models/types.ts'
+import type { Engine } from './engine.ts'
 import type { ChatMessage, GenerationStats, SamplingOptions } from './protocol.ts'
 import { type RunnerHandle, type RunnerScore, type RunnerScoreRequest, startRunner } from './runner-client.ts'
 import {
@@ -25,6 +26,8 @@ export interface RuntimeInit {
   launcher?: RunnerLauncher
   /** shorthand for an unsandboxed launcher with this spawn function (tests) */
   spawn?: SpawnRunner
+  /** the engine each new runner uses (engine.ts), asked at every load; node-llama-cpp when absent */
+  engine?: () => Engine
   /** throws (E_INSUFFICIENT_MEMORY) when a model cannot fit; called before every load */
   checkCanLoad?: (model: ModelRecord, contextSize: number, parallel: number) => void
 }
@@ -155,6 +158,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
       await evictIfFull()
       init.checkCanLoad?.(model, contextSize, init.parallel)
       const started = performance.now()
+      const engine = init.engine?.()
       const runner = startRunner({
         launcher,
         logger: log,
@@ -162,6 +166,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
         contextSize,
         parallel: init.parallel,
         threads: init.threads,
+        ...(engine?.kind === 'llama-server' && { llamaServer: engine.path }),
       })
       const fresh: Slot = {
         key,

@@ -13,6 +13,8 @@ export interface RunnerSpawnSpec {
   /** per-sequence context and sequences: what a sandbox sizes the runner's memory ceiling from */
   contextSize?: number
   parallel?: number
+  /** llama-server (engine.ts) on the host, when the runner will start it: a sandbox exposes it */
+  enginePath?: string
 }
 
 export type SpawnRunner = (spec: RunnerSpawnSpec) => ChildProcessWithoutNullStreams
@@ -25,6 +27,11 @@ export interface RunnerLauncher {
   spawn: SpawnRunner
   /** the path the runner must `load` for the model file at `hostPath` (a sandbox remaps it) */
   modelPathInside(hostPath: string): string
+  /**
+   * The path a runner must run the llama-server binary at `hostPath` by (a sandbox binds it
+   * elsewhere); undefined where runners cannot reach one (they use node-llama-cpp). Absent: as is.
+   */
+  enginePathInside?(hostPath: string): string | undefined
   /** after the child exits: what ended it, where the launcher knows more than the exit status (OOM) */
   exitReason(child: ChildProcessWithoutNullStreams): Promise<string | undefined>
 }
@@ -51,5 +58,6 @@ export const spawnUnsandboxedRunner: SpawnRunner = () =>
 export const unsandboxedLauncher: RunnerLauncher = {
   spawn: spawnUnsandboxedRunner,
   modelPathInside: (hostPath) => hostPath,
+  enginePathInside: (hostPath) => hostPath,
   exitReason: async () => undefined,
 }

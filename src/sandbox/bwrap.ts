@@ -33,9 +33,12 @@ import { seccompFilterBytes } from './seccomp.ts'
 
 /** Where the one model file appears inside the sandbox: the runner's `load` must use it. */
 export const SANDBOX_MODEL_PATH = '/model/model.gguf'
+/** Where the llama-server binary appears inside the sandbox (engine.ts), when the runner gets one. */
+export const SANDBOX_ENGINE_PATH = '/engine/llama-server'
 // fds the wrapper chain passes to bwrap (0-2 are the runner's JSON-lines stdio)
 const SECCOMP_FD = 3
 const MODEL_FD = 4
+const ENGINE_FD = 5
 
 export interface BwrapInit {
   /** required when this process is root: runners never keep uid 0 */
@@ -61,6 +64,12 @@ export interface SandboxSpawnSpec {
   argv: string[]
   /** the one model file the sandbox sees, at SANDBOX_MODEL_PATH */
   modelPath?: string
+  /**
+   * llama-server, at SANDBOX_ENGINE_PATH. Opened by the daemon and reached through the
+   * inherited fd, like the model: the runner account needs no path to it (a build under
+   * root's home); the runner passes the fd on to the server it execs.
+   */
+  enginePath?: string
   /** more host paths bound read-only at the same path (probe scripts, doctor tools) */
   readOnlyBinds?: string[]
   /** host paths bound read-only but left out of the Landlock allow-list (probes of Landlock) */
@@ -166,10 +175,11 @@ export function detectLandlock(): LandlockStatus {
 }
 
 /** What landlock-exec may reach: the binds read-only (but for unlisted ones), /tmp and /dev read/write. */
-function landlockArgs(helper: string, readOnly: string[], model: boolean): string[] {
+function landlockArgs(helper: string, readOnly: string[], model: boolean, engine: boolean): string[] {
   const system = ['/usr/lib', '/usr/lib64', '/usr/lib32', '/lib', '/lib64', '/lib32', '/proc']
   return [
     ...[helper, '--ro', ...system, ...readOnly, ...(model ? [SANDBOX_MODEL_PATH] : [])],
+    ...(engine ? [SANDBOX_ENGINE_PATH] : []),
     ...['--rw', '/tmp', '/dev', '--'],
   ]
 }
@@ -198,12 +208,16 @@ export function createSandbox(init: BwrapInit): Sandbox {
     const helper = landlock.enforced ? [landlock.helper] : []
     const binds = [...listed, ...(spec.unlistedBinds ?? []), ...helper].flatMap((p) => ['--ro-bind', p, p])
     const restrict = landlock.enforced
-      ? landlockArgs(landlock.helper, listed, spec.modelPath !== undefined)
+      ? landlockArgs(landlock.helper, listed, spec.modelPath !== undefined, spec.enginePath !== undefined)
       : []
     const model =
       spec.modelPath === undefined
         ? []
         : ['--dir', '/model', '--symlink', `/proc/self/fd/${MODEL_FD}`, SANDBOX_MODEL_PATH]
+    const engine =
+      spec.enginePath === undefined
+        ? []
+        : ['--dir', '/engine', '--symlink', `/proc/self/fd/${ENGINE_FD}`, SANDBOX_ENGINE_PATH]
     const sandboxArgs = [
       ...['--unshare-all', '--unshare-user', '--disable-userns', '--die-with-parent', '--new-session'],
       ...['--cap-drop', 'ALL', '--clearenv', '--hostname', 'substrate-runner'],
@@ -214,6 +228,7 @@ export function createSandbox(init: BwrapInit): Sandbox {
       ...system,
       ...binds,
       ...model,
+      ...engine,
       // bwrap's own root and /dev are writable tmpfs mounts: seal them once populated
       ...['--remount-ro', '/dev', '--remount-ro', '/'],
       ...['--seccomp', String(SECCOMP_FD), '--chdir', '/tmp', '--'],
@@ -236,19 +251,21 @@ export function createSandbox(init: BwrapInit): Sandbox {
     // the model is opened here, by the daemon, and reached inside through the inherited fd:
     // the runner account needs no path to the daemon's (private) model store
     const modelFd = spec.modelPath === undefined ? 'ignore' : openSync(spec.modelPath, 'r')
+    let engineFd: number | 'ignore' = 'ignore'
     let cgroup: RunnerCgroup | undefined
     let child: ChildProcessWithoutNullStreams
     try {
       const name = `runner-${process.pid}-${++sequence}-${randomBytes(3).toString('hex')}`
       const limits = { memoryBytes: init.memoryBytes, pids: init.pids, cpus: spec.cpus ?? 0 }
       cgroup = cgroups.version === 0 ? undefined : createRunnerCgroup(cgroups, name, limits)
+      if (spec.enginePath !== undefined) engineFd = openSync(spec.enginePath, 'r')
       const chain = commandChain(spec, cgroup)
       const [command, ...args] =
         cgroup === undefined
           ? chain
           : ['/bin/sh', '-c', JOIN_CGROUP, 'substrate-cgroup-join', ...cgroup.procsFiles, '--', ...chain]
       child = spawn(command ?? prlimit, args, {
-        stdio: ['pipe', 'pipe', 'pipe', 'pipe', modelFd],
+        stdio: ['pipe', 'pipe', 'pipe', 'pipe', modelFd, engineFd],
         env: { PATH: '/usr/bin:/bin' },
       }) as ChildProcessWithoutNullStreams
     } catch (err) {
@@ -256,6 +273,7 @@ export function createSandbox(init: BwrapInit): Sandbox {
       throw err
     } finally {
       if (typeof modelFd === 'number') closeSync(modelFd)
+      if (typeof engineFd === 'number') closeSync(engineFd)
     }
     const filterPipe = child.stdio[SECCOMP_FD]
     if (filterPipe !== null && filterPipe !== undefined && 'end' in filterPipe) {

@@ -24,10 +24,14 @@ const run = promisify(execFile)
 
 /** Where the model file appears inside a gVisor runner. */
 export const GVISOR_MODEL_PATH = '/model/model.gguf'
+/** Where the llama-server binary appears inside a gVisor runner (engine.ts). */
+export const GVISOR_ENGINE_PATH = '/engine/llama-server'
 
 export interface GvisorSpawnSpec {
   argv: string[]
   modelPath?: string
+  /** the llama-server binary on the host, bound read-only at GVISOR_ENGINE_PATH */
+  enginePath?: string
   cpus?: number
   memoryBytes: number
   pids: number
@@ -79,6 +83,7 @@ function ociSpec(spec: GvisorSpawnSpec, user: RunnerUser | undefined) {
       ...system.map((d) => bind(d)),
       ...runtimeBinds().map((p) => bind(p)),
       ...(spec.modelPath === undefined ? [] : [bind(spec.modelPath, GVISOR_MODEL_PATH)]),
+      ...(spec.enginePath === undefined ? [] : [bind(spec.enginePath, GVISOR_ENGINE_PATH)]),
     ],
     linux: {
       namespaces: ['pid', 'network', 'ipc', 'uts', 'mount'].map((type) => ({ type })),

@@ -17,8 +17,8 @@ import {
   runnerEnvironment,
   spawnUnsandboxedRunner,
 } from '../runtime/spawn.ts'
-import { createSandbox, SANDBOX_MODEL_PATH, type Sandbox, sandboxExit } from './bwrap.ts'
-import { createGvisorSandbox, GVISOR_MODEL_PATH } from './gvisor.ts'
+import { createSandbox, SANDBOX_ENGINE_PATH, SANDBOX_MODEL_PATH, type Sandbox, sandboxExit } from './bwrap.ts'
+import { createGvisorSandbox, GVISOR_ENGINE_PATH, GVISOR_MODEL_PATH } from './gvisor.ts'
 import { RUNNER_USER_NAME, type RunnerUser, runnerUserForThisProcess } from './runner-user.ts'
 
 export type SandboxBackend = 'bwrap' | 'gvisor' | 'none'
@@ -137,7 +137,12 @@ const PLAIN_MODEL_FD = 3
 async function unsandboxed(status: SandboxStatus): Promise<RunnerSpawner> {
   const base = { exitReason: async () => undefined, describe: () => status }
   if (process.getuid?.() !== 0) {
-    return { ...base, spawn: spawnUnsandboxedRunner, modelPathInside: (hostPath) => hostPath }
+    return {
+      ...base,
+      spawn: spawnUnsandboxedRunner,
+      modelPathInside: (hostPath) => hostPath,
+      enginePathInside: (hostPath) => hostPath,
+    }
   }
   let user: RunnerUser | undefined
   let missing: unknown
@@ -157,9 +162,10 @@ async function unsandboxed(status: SandboxStatus): Promise<RunnerSpawner> {
         })
       }
       const modelFd = openSync(spec.modelPath, 'r')
+      const engineFd = spec.enginePath === undefined ? 'ignore' : openSync(spec.enginePath, 'r')
       try {
         return spawn(process.execPath, [runnerEntry], {
-          stdio: ['pipe', 'pipe', 'pipe', modelFd],
+          stdio: ['pipe', 'pipe', 'pipe', modelFd, engineFd],
           uid: user.uid,
           gid: user.gid, // libuv also drops root's supplementary groups
           cwd: '/',
@@ -167,9 +173,12 @@ async function unsandboxed(status: SandboxStatus): Promise<RunnerSpawner> {
         }) as ChildProcessWithoutNullStreams
       } finally {
         closeSync(modelFd)
+        if (typeof engineFd === 'number') closeSync(engineFd)
       }
     },
     modelPathInside: () => `/proc/self/fd/${PLAIN_MODEL_FD}`,
+    // the runner account cannot reach a build under root's home: it gets the binary as an fd too
+    enginePathInside: () => `/proc/self/fd/${PLAIN_MODEL_FD + 1}`,
   }
 }
 
@@ -226,12 +235,14 @@ async function bwrapSpawner(
       const { child } = sandbox.spawn({
         argv: [process.execPath, runnerEntry],
         modelPath: spec.modelPath,
+        enginePath: spec.enginePath,
         cpus: cpuQuota(spec.threads),
       })
       limits.set(child, memoryBytes)
       return child
     },
     modelPathInside: () => SANDBOX_MODEL_PATH,
+    enginePathInside: () => SANDBOX_ENGINE_PATH,
     async exitReason(child) {
       const exit = await sandboxExit(child)
       const limit = limits.get(child)
@@ -267,6 +278,7 @@ async function gvisorSpawner(
       const { child } = sandbox.spawn({
         argv: [process.execPath, runnerEntry],
         modelPath: spec.modelPath,
+        enginePath: spec.enginePath,
         cpus: cpuQuota(spec.threads),
         memoryBytes,
         pids,
@@ -276,6 +288,7 @@ async function gvisorSpawner(
       return child
     },
     modelPathInside: () => GVISOR_MODEL_PATH,
+    enginePathInside: () => GVISOR_ENGINE_PATH,
     async exitReason(child) {
       const exit = await sandbox.exited(child)
       const limit = limits.get(child)

@@ -41,6 +41,9 @@ export async function startDaemonProcess(
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('SUBSTRATE_')) env[key] = value
   env.SUBSTRATE_LOG_FORMAT = 'json'
+  // the engine is named, not left to what this machine happens to have built (engine.ts)
+  env.SUBSTRATE_ENGINE = 'node-llama-cpp'
+  env.SUBSTRATE_ENGINE_BUILD = 'false'
   Object.assign(env, options.env)
   const argv = [
     process.execPath,

@@ -27,7 +27,15 @@ export async function startTestNode(overrides: Partial<ConfigInput> = {}): Promi
     home,
     ...overrides,
     api: { host: '127.0.0.1', port: 0, ...overrides.api },
-    runtime: { threads: 1, parallel: 4, contextSize: 2048, ...overrides.runtime },
+    // Tests name their engine: which one `auto` picks depends on what this machine has built.
+    runtime: {
+      threads: 1,
+      parallel: 4,
+      contextSize: 2048,
+      engine: 'node-llama-cpp',
+      engineBuild: false,
+      ...overrides.runtime,
+    },
   })
   const node = await createNode(config, { logger: silentLogger })
   return {

@@ -50,6 +50,8 @@ function spawnServe(home: string): ServeProcess {
   const env: NodeJS.ProcessEnv = {}
   for (const [key, value] of Object.entries(process.env)) if (!key.startsWith('SUBSTRATE_')) env[key] = value
   env.SUBSTRATE_LOG_FORMAT = 'json'
+  env.SUBSTRATE_ENGINE = 'node-llama-cpp'
+  env.SUBSTRATE_ENGINE_BUILD = 'false'
   const child = spawn(
     process.execPath,
     [cliEntry, 'serve', '--home', home, '--host', '127.0.0.1', '--port', '0', '--threads', '1'],

@@ -234,7 +234,12 @@ describe('a daemon whose own chain is frozen', () => {
     const lines: string[] = []
     const logger = createLogger({ level: 'info', json: true, write: (line: string) => lines.push(line) })
     const node = await createNode(
-      parseConfig({ home, api: { host: '127.0.0.1', port: 0 }, mesh: { enabled: false } }),
+      parseConfig({
+        home,
+        api: { host: '127.0.0.1', port: 0 },
+        mesh: { enabled: false },
+        runtime: { engine: 'node-llama-cpp', engineBuild: false },
+      }),
       {
         logger,
       },
