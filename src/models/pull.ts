@@ -7,12 +7,12 @@
 import { createHash, type Hash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
-import http, { type IncomingMessage } from 'node:http'
-import https from 'node:https'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { SubstrateError, toSubstrateError } from '../errors.ts'
+import { SubstrateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import { createBodyWriter, local } from './body-writer.ts'
+import { type HttpResponse, httpGet } from './http-get.ts'
 import type { BlobFetcher, HttpFetch } from './sources/plan.ts'
 import type { ProgressEvent, ProgressListener } from './types.ts'
 import { type OpenWritable, openWritableFile, type WritableFile } from './writable.ts'
@@ -140,18 +140,18 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
       // reading its body, so bytes that arrive just before a cut are still kept.
       out = await openPartial()
       const res = await request(url, have, info, init, opts)
-      if (res.statusCode === 416) {
-        res.resume()
+      if (res.status === 416) {
+        res.close()
         if (have > 0 && have === info.total) break // the previous attempt had already got it all
         await restart()
         throw new Transient(`${url} answered 416 Range Not Satisfiable for bytes=${have}-`)
       }
-      if (res.statusCode === 206 && !rangeMatches(res, have, info.total)) {
-        res.resume()
+      if (res.status === 206 && !rangeMatches(res, have, info.total)) {
+        res.close()
         await restart()
         throw new Transient('server answered a range that does not continue the partial file')
       }
-      if (res.statusCode === 200 && have > 0) {
+      if (res.status === 200 && have > 0) {
         init.logger.info('server ignored the range request: downloading from the start', { url })
         await out.close()
         await restart()
@@ -163,22 +163,23 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
       const saved = local(writeFile(infoPath, JSON.stringify(info)))
       saved.catch(() => {}) // awaited below; this only keeps an early failure from going unhandled
       report(have, total, true)
-      const writer = batchedWriter(out, have)
+      const writer = createBodyWriter(out, have, { update: (data) => void hash.update(data) })
       try {
-        for await (const chunk of res as AsyncIterable<Buffer>) {
-          if (have + chunk.length > cap) {
-            res.destroy()
-            throw new SubstrateError(
-              'E_QUOTA_EXCEEDED',
-              `${url} is larger than the ${cap} bytes the model store quota has left`,
-              { hint: 'remove models (substrate rm) or raise models.quota' },
-            )
-          }
-          hash.update(chunk)
-          have += chunk.length
-          await writer.push(chunk)
-          report(have, total)
-        }
+        await res.readBody({
+          space: () => writer.space(),
+          filled: (n) => {
+            if (have + n > cap) {
+              throw new SubstrateError(
+                'E_QUOTA_EXCEEDED',
+                `${url} is larger than the ${cap} bytes the model store quota has left`,
+                { hint: 'remove models (substrate rm) or raise models.quota' },
+              )
+            }
+            have += n
+            report(have, total)
+            return writer.filled(n)
+          },
+        })
       } finally {
         // Every byte counted in `have` (and hashed) is on its way to disk before a retry or a
         // resume relies on it; a failed write surfaces here, typed.
@@ -254,74 +255,6 @@ function classify(
   )
 }
 
-/** Bytes gathered before one write: fewer, larger writes than the socket's 64 KiB reads. */
-const WRITE_BATCH = 4 << 20
-/** Written bytes after which a flush to disk starts in the background (see batchedWriter). */
-const FLUSH_EVERY = 64 << 20
-
-/**
- * Writes a stream's chunks in batches (one writev each, no copying), one batch in flight
- * while the next fills, so the disk works while the socket is read and hashed. Every
- * FLUSH_EVERY bytes an fsync starts in the background: the final fsync then has only the
- * tail to write instead of the whole file. Memory stays at about two batches.
- */
-function batchedWriter(out: WritableFile, position: number) {
-  let pending: Buffer[] = []
-  let pendingBytes = 0
-  let at = position
-  let inflight: Promise<unknown> = Promise.resolve()
-  let unflushed = 0
-  let flushing: Promise<void> | undefined
-  const start = () => {
-    const data = pending
-    const write = local(
-      out.writev !== undefined ? out.writev(data, at) : out.write(Buffer.concat(data, pendingBytes), at),
-    )
-    write.catch(() => {}) // awaited by the next push or by drain; this only keeps it from going unhandled
-    at += pendingBytes
-    unflushed += pendingBytes
-    pending = []
-    pendingBytes = 0
-    if (unflushed >= FLUSH_EVERY && flushing === undefined) {
-      unflushed = 0
-      // Only a head start for the final fsync, which is the one that counts: its failure is ignored here.
-      flushing = write
-        .then(() => out.sync())
-        .then(
-          () => {
-            flushing = undefined
-          },
-          () => {
-            flushing = undefined
-          },
-        )
-    }
-    return write
-  }
-  return {
-    async push(chunk: Buffer): Promise<void> {
-      pending.push(chunk)
-      pendingBytes += chunk.length
-      if (pendingBytes < WRITE_BATCH) return
-      await inflight
-      inflight = start()
-    },
-    /** Resolves once everything pushed is written; rejects with the first failed write. */
-    async drain(): Promise<void> {
-      const last = inflight
-      inflight = Promise.resolve()
-      await last
-      if (pendingBytes > 0) await start()
-      await flushing
-    },
-  }
-}
-
-/** Local file errors are not worth a retry: they become typed (ENOSPC → E_DISK_FULL) at once. */
-function local<T>(step: Promise<T>): Promise<T> {
-  return step.catch((err: unknown) => Promise.reject(toSubstrateError(err)))
-}
-
 async function openAt(path: string, have: number, init: DownloadInit): Promise<WritableFile> {
   await truncate(path, have) // a torn last write must not survive past the resume point
   return (init.openWritable ?? openWritableFile)(path, 'r+')
@@ -356,22 +289,22 @@ async function hashPrefix(path: string, length: number): Promise<Hash> {
   return hash
 }
 
-function rangeMatches(res: IncomingMessage, have: number, knownTotal: number | undefined): boolean {
+function rangeMatches(res: HttpResponse, have: number, knownTotal: number | undefined): boolean {
   const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers['content-range'] ?? '')
   if (m === null || Number(m[1]) !== have) return false
   return m[3] === '*' || knownTotal === undefined || Number(m[3]) === knownTotal
 }
 
-function totalOf(res: IncomingMessage, have: number): number | undefined {
-  if (res.statusCode === 206) {
+function totalOf(res: HttpResponse, have: number): number | undefined {
+  if (res.status === 206) {
     const full = /\/(\d+)$/.exec(res.headers['content-range'] ?? '')?.[1]
     if (full !== undefined) return Number(full)
   }
   const length = res.headers['content-length']
-  return length === undefined ? undefined : (res.statusCode === 206 ? have : 0) + Number(length)
+  return length === undefined ? undefined : (res.status === 206 ? have : 0) + Number(length)
 }
 
-function validatorOf(res: IncomingMessage): { validator?: string } {
+function validatorOf(res: HttpResponse): { validator?: string } {
   const etag = res.headers.etag
   // Only a strong ETag may guard a range (RFC 9110 If-Range); else fall back to the date.
   if (etag !== undefined && !etag.startsWith('W/')) return { validator: etag }
@@ -386,7 +319,7 @@ async function request(
   info: PartialInfo,
   init: DownloadInit,
   opts: Pick<DownloadOptions, 'signal' | 'headers'>,
-): Promise<IncomingMessage> {
+): Promise<HttpResponse> {
   const base: Record<string, string> = { 'user-agent': 'substrate', 'accept-encoding': 'identity' }
   if (have > 0) {
     base.range = `bytes=${have}-`
@@ -403,34 +336,24 @@ async function request(
     }
     // Credentials stay with the host they were meant for (a CDN behind a redirect gets none).
     const headers = target.origin === origin ? { ...opts.headers, ...base } : base
-    const res = await get(target, headers, init.idleTimeoutMs ?? 30_000, opts.signal)
-    const status = res.statusCode ?? 0
+    const res = await httpGet(target, {
+      headers,
+      idleTimeoutMs: init.idleTimeoutMs ?? 30_000,
+      ...(opts.signal === undefined ? {} : { signal: opts.signal }),
+    })
+    const status = res.status
     if (status === 200 || status === 206 || status === 416) return res
-    res.resume()
+    res.close()
     const location = res.headers.location
     if (status >= 300 && status < 400 && location !== undefined) {
       target = new URL(location, target)
       continue
     }
-    const line = `GET ${target.href} answered ${status} ${res.statusMessage ?? ''}`.trim()
+    const line = `GET ${target.href} answered ${status} ${res.statusMessage}`.trim()
     if (status >= 500 || status === 408 || status === 429) throw new Transient(line)
     throw new SubstrateError('E_DOWNLOAD_FAILED', line, { hint: 'check the URL' })
   }
   throw new SubstrateError('E_DOWNLOAD_FAILED', `${url} redirected more than ${init.maxRedirects ?? 5} times`)
-}
-
-function get(
-  target: URL,
-  headers: Record<string, string>,
-  idleTimeoutMs: number,
-  signal: AbortSignal | undefined,
-): Promise<IncomingMessage> {
-  return new Promise((resolve, reject) => {
-    const client = target.protocol === 'https:' ? https : http
-    const req = client.get(target, { headers, ...(signal === undefined ? {} : { signal }) }, resolve)
-    req.setTimeout(idleTimeoutMs, () => req.destroy(new Transient(`no data for ${idleTimeoutMs} ms`)))
-    req.on('error', reject)
-  })
 }
 
 /** The fetcher for `{ kind: 'http' }` plans: a resumable download into the store's tmp/. */
