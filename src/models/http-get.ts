@@ -165,13 +165,13 @@ export function httpGet(url: URL, opts: GetOptions): Promise<HttpResponse> {
         let parsed: ReturnType<typeof parseHead>
         try {
           parsed = parseHead(head.subarray(0, end).toString('latin1'))
+          head = head.subarray(end + 4)
+          if (parsed.status >= 100 && parsed.status < 200) continue // interim (100 Continue): the real one follows
+          framing = framingOf(parsed.status, parsed.headers)
         } catch (err) {
           finish(err as Error)
           return
         }
-        head = head.subarray(end + 4)
-        if (parsed.status >= 100 && parsed.status < 200) continue // interim (100 Continue): the real one follows
-        framing = framingOf(parsed.status, parsed.headers)
         phase = 'waiting'
         paused = true
         socket.setTimeout(0)

@@ -1,12 +1,15 @@
 import assert from 'node:assert/strict'
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, test } from 'node:test'
 import { SubstrateError } from '../../src/errors.ts'
+import { silentLogger } from '../../src/logger.ts'
 import { writeTinyModel } from '../../src/models/builtin.ts'
 import type { ProgressEvent } from '../../src/models/types.ts'
+import { downloadFile } from '../../src/models/pull.ts'
 import { openWritableFile } from '../../src/models/writable.ts'
 import { openTestStore, sendFile, serve } from '../helpers/http-server.ts'
 
@@ -259,6 +262,65 @@ test('a pull of content already stored makes no request; a cancelled pull is E_C
     store.pull(server.url('/other.gguf'), { signal: controller.signal }),
     code('E_CANCELLED'),
   )
+  server.close()
+  await close()
+})
+
+test('a large chunked body downloads whole while the disk is slow: reading waits, few writes in flight', async () => {
+  const payload = randomBytes(20 << 20)
+  const server = await serve((_req, res) => {
+    res.writeHead(200) // no Content-Length: chunked, the size is unknown until the end
+    let at = 0
+    const next = () => {
+      while (at < payload.length) {
+        const piece = payload.subarray(at, (at += 1 << 20))
+        if (!res.write(piece)) return void res.once('drain', next)
+      }
+      res.end()
+    }
+    next()
+  })
+  const tmpDir = mkdtempSync(join(root, 'slow-'))
+  let inFlight = 0
+  let most = 0
+  const file = await downloadFile(
+    server.url('/big.bin'),
+    {
+      tmpDir,
+      logger: silentLogger,
+      openWritable: async (path, flags) => {
+        const inner = await openWritableFile(path, flags)
+        return {
+          ...inner,
+          write: async (data, position) => {
+            most = Math.max(most, ++inFlight)
+            await sleep(30)
+            await inner.write(data, position)
+            inFlight--
+          },
+        }
+      },
+    },
+    { sha256: createHash('sha256').update(payload).digest('hex') },
+  )
+  server.close()
+  assert.equal(file.size, payload.length)
+  assert.ok(readFileSync(file.path).equals(payload))
+  assert.ok(most >= 2 && most <= 3, `${most} writes were in flight at once`)
+})
+
+test('a body of unknown size is cut at the quota while it streams, and nothing is kept', async () => {
+  const server = await serve((_req, res) => {
+    res.writeHead(200)
+    res.end(tiny) // chunked: no size to refuse at the headers
+  })
+  const { store, tmp, close } = await openTestStore(root, { policy: { quotaBytes: tiny.length - 1 } })
+  await assert.rejects(
+    store.pull(server.url('/tiny.gguf'), {}),
+    code('E_QUOTA_EXCEEDED', /larger than the \d+ bytes the model store quota has left/),
+  )
+  assert.equal(server.seen.length, 1, 'a quota refusal is not retried')
+  assert.deepEqual(tmp(), [])
   server.close()
   await close()
 })
