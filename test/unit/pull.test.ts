@@ -3,13 +3,13 @@ import { createHash, randomBytes } from 'node:crypto'
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { SubstrateError } from '../../src/errors.ts'
 import { silentLogger } from '../../src/logger.ts'
 import { writeTinyModel } from '../../src/models/builtin.ts'
-import type { ProgressEvent } from '../../src/models/types.ts'
 import { downloadFile } from '../../src/models/pull.ts'
+import type { ProgressEvent } from '../../src/models/types.ts'
 import { openWritableFile } from '../../src/models/writable.ts'
 import { openTestStore, sendFile, serve } from '../helpers/http-server.ts'
 
@@ -273,7 +273,8 @@ test('a large chunked body downloads whole while the disk is slow: reading waits
     let at = 0
     const next = () => {
       while (at < payload.length) {
-        const piece = payload.subarray(at, (at += 1 << 20))
+        const piece = payload.subarray(at, at + (1 << 20))
+        at += piece.length
         if (!res.write(piece)) return void res.once('drain', next)
       }
       res.end()
