@@ -5,7 +5,7 @@
 
 import { toSubstrateError } from '../errors.ts'
 import type { BodySink } from './http-get.ts'
-import type { WritableFile } from './writable.ts'
+import { allocAligned, DIRECT_ALIGN, type WritableFile } from './writable.ts'
 
 /** Hashes the bytes it is given, in the order given; `data` is not reused before the promise settles. */
 export interface OrderedHasher {
@@ -32,6 +32,9 @@ export interface BodyWriter extends BodySink {
 export function createBodyWriter(out: WritableFile, position: number, hasher: OrderedHasher): BodyWriter {
   const free: Uint8Array[] = []
   let current: Uint8Array | undefined
+  // The data of the current buffer is [begin, used): it begins at the file position's offset
+  // in its page, so that page-aligned file positions sit on page-aligned memory (direct I/O).
+  let begin = 0
   let used = 0
   let at = position
   const busy = new Set<Promise<void>>()
@@ -41,9 +44,8 @@ export function createBodyWriter(out: WritableFile, position: number, hasher: Or
 
   const dispatch = () => {
     const slot = current as Uint8Array
-    const data = slot.subarray(0, used)
+    const data = slot.subarray(begin, used)
     current = undefined
-    used = 0
     const write = local(out.write(data, at))
     const job: Promise<void> = Promise.all([write, hasher.update(data)]).then(
       () => {
@@ -73,7 +75,10 @@ export function createBodyWriter(out: WritableFile, position: number, hasher: Or
 
   return {
     space() {
-      current ??= free.pop() ?? new Uint8Array(new SharedArrayBuffer(SLOT))
+      if (current === undefined) {
+        current = free.pop() ?? allocAligned(SLOT)
+        begin = used = at % DIRECT_ALIGN
+      }
       return current.subarray(used)
     },
     filled(n) {
@@ -85,7 +90,7 @@ export function createBodyWriter(out: WritableFile, position: number, hasher: Or
       return Promise.race(busy).then(() => (failure === undefined ? undefined : failed()))
     },
     async drain() {
-      if (used > 0) dispatch()
+      if (current !== undefined && used > begin) dispatch()
       await Promise.all(busy)
       await flushing
       if (failure !== undefined) throw failure
