@@ -113,7 +113,15 @@ export interface BuildInit {
 function run(cmd: string[], init: BuildInit, onLine?: (line: string) => void): Promise<void> {
   const argv = init.nice ? ['nice', '-n', '19', ...cmd] : cmd
   return new Promise((resolve, reject) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], signal: init.signal })
+    // its own process group: stopping the build stops make and every compiler under it
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], detached: true })
+    const stop = () => {
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, 'SIGTERM')
+      } catch {}
+    }
+    init.signal?.addEventListener('abort', stop, { once: true })
+    child.on('exit', () => init.signal?.removeEventListener('abort', stop))
     let tail = ''
     const take = (chunk: Buffer) => {
       const text = chunk.toString('utf8')
@@ -123,11 +131,7 @@ function run(cmd: string[], init: BuildInit, onLine?: (line: string) => void): P
     child.stdout.on('data', take)
     child.stderr.on('data', take)
     child.on('error', (err) =>
-      reject(
-        err.name === 'AbortError'
-          ? new SubstrateError('E_CANCELLED', 'the engine build was stopped')
-          : new SubstrateError('E_ENGINE_BUILD', `cannot run ${cmd[0]}: ${err.message}`),
-      ),
+      reject(new SubstrateError('E_ENGINE_BUILD', `cannot run ${cmd[0]}: ${err.message}`)),
     )
     child.on('exit', (code, signal) => {
       if (code === 0) resolve()
