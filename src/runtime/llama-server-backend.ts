@@ -65,7 +65,7 @@ function httpJson(
   timeoutMs: number,
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request({ socketPath, method, path, timeout: timeoutMs }, (res) => {
+    const req = request({ socketPath, method, path, timeout: timeoutMs, agent: false }, (res) => {
       let body = ''
       res.setEncoding('utf8')
       res.on('data', (c: string) => {
@@ -174,6 +174,9 @@ export async function startLlamaServer(init: LlamaServerInit): Promise<LlamaServ
         const req = request(
           {
             socketPath,
+            // a fresh connection per request (a unix socket connects in microseconds): a pooled
+            // keep-alive connection the server has just timed out would fail the request
+            agent: false,
             method: 'POST',
             path: '/completion',
             headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },

@@ -160,14 +160,14 @@ async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
   let firstTokenAt = 0
   let lastTokenAt = 0
   try {
-    const prompt = promptTokensOf(req)
+    const { tokens: prompt, stops } = renderPrompt(req)
     assertFits(prompt.length + 1)
     // LlamaChat starts a new response at its first non-space character; answers must not
     // depend on the engine (a spot check re-tokenizes the text a worker returned).
     let trimStart = req.mode === 'chat' && req.messages?.at(-1)?.role !== 'assistant'
     const result = await srv.complete(
       prompt,
-      { ...req.options, extraStops: req.mode === 'chat' ? chatStopStrings(req) : [] },
+      { ...req.options, extraStops: stops },
       abort.signal,
       (piece) => {
         lastTokenAt = performance.now()
@@ -194,18 +194,6 @@ async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
   } finally {
     active.delete(req.id)
   }
-}
-
-/** The chat template's own stop texts (special tokens end generation in the server already). */
-function chatStopStrings(req: GenerateMessage): string[] {
-  if (!chatWrapper) return []
-  const history = toHistory(req.messages ?? [])
-  if (history.at(-1)?.type !== 'model') history.push({ type: 'model', response: [] })
-  const { stopGenerationTriggers } = chatWrapper.generateContextState({ chatHistory: history })
-  return stopGenerationTriggers
-    .filter((t) => t.values.every((v) => typeof v === 'string'))
-    .map((t) => t.values.join(''))
-    .filter((t) => t !== '')
 }
 
 async function generate(req: GenerateMessage) {
@@ -306,19 +294,30 @@ async function generate(req: GenerateMessage) {
 // prepends BOS where the vocabulary wants it; LlamaChat renders the history through the
 // chat wrapper and opens the model's turn.
 function promptTokensOf(req: Pick<ScoreMessage, 'mode' | 'prompt' | 'messages'>): number[] {
-  if (!model || !chatWrapper) throw new Error('score before load')
+  return renderPrompt(req).tokens
+}
+
+/** The prompt's tokens, and for chat the template's own stop texts (special tokens end generation anyway). */
+function renderPrompt(req: Pick<ScoreMessage, 'mode' | 'prompt' | 'messages'>): {
+  tokens: number[]
+  stops: string[]
+} {
+  if (!model || !chatWrapper) throw new Error('prompt before load')
   if (req.mode === 'chat') {
     // A last assistant message is a response being continued (mesh failover): the model's turn
     // is already open. Otherwise LlamaChat opens an empty one.
     const history = toHistory(req.messages ?? [])
     if (history.at(-1)?.type !== 'model') history.push({ type: 'model', response: [] })
-    return [
-      ...chatWrapper.generateContextState({ chatHistory: history }).contextText.tokenize(model.tokenizer),
-    ]
+    const state = chatWrapper.generateContextState({ chatHistory: history })
+    const stops = state.stopGenerationTriggers
+      .filter((t) => t.values.every((v) => typeof v === 'string'))
+      .map((t) => t.values.join(''))
+      .filter((t) => t !== '')
+    return { tokens: [...state.contextText.tokenize(model.tokenizer)], stops }
   }
   const bos = model.tokens.shouldPrependBosToken ? model.tokens.bos : null
   const text = model.tokenize(req.prompt ?? '', false, bos === null ? undefined : 'trimLeadingSpace')
-  return bos === null ? [...text] : [bos, ...text]
+  return { tokens: bos === null ? [...text] : [bos, ...text], stops: [] }
 }
 
 /** With the llama-server engine: the full model and one sequence for scoring, loaded once. */
