@@ -163,22 +163,29 @@ const show: Command = {
 const ps: Command = {
   usage: 'substrate ps',
   description:
-    'Lists the models loaded in memory, each in its own runner process, with its context size and\n' +
+    'Lists the models loaded in memory, each in its own runner process, with its context size, the\n' +
+    'engine and threads it runs on (llama-server or node-llama-cpp; see `substrate engine`), and\n' +
     'when it will be unloaded if it stays idle (see --keep-alive on serve and run).',
   examples: ['substrate ps', 'substrate ps --json'],
   flags: {},
   args: { min: 0, max: 0 },
   async run(ctx) {
-    const { models } = await (await ctx.client()).ps()
+    const client = await ctx.client()
+    const [{ models }, { runners }] = await Promise.all([client.ps(), client.runners()])
     if (ctx.json) return writeJson(ctx.io.stdout, models)
-    const rows = models.map((m) => [
-      m.name,
-      shortDigest(m.digest),
-      formatBytes(m.size),
-      String(m.context_length),
-      timeUntil(m.expires_at),
-    ])
-    ctx.io.stdout.write(table(['NAME', 'ID', 'SIZE', 'CONTEXT', 'UNTIL'], rows))
+    const rows = models.map((m) => {
+      const bare = (d: string) => d.replace(/^sha256:/, '')
+      const runner = runners.find((r) => bare(r.digest) === bare(m.digest))
+      return [
+        m.name,
+        shortDigest(m.digest),
+        formatBytes(m.size),
+        String(m.context_length),
+        runner === undefined ? '' : `${runner.buildType} ×${runner.threads}`,
+        timeUntil(m.expires_at),
+      ]
+    })
+    ctx.io.stdout.write(table(['NAME', 'ID', 'SIZE', 'CONTEXT', 'ENGINE', 'UNTIL'], rows))
   },
 }
 

@@ -11,7 +11,7 @@ import { readFileSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
 import { silentLogger } from '../../src/logger.ts'
 import { buildEngine } from '../../src/runtime/engine.ts'
-import { readNdjson, startTestNode, type TestNode } from '../helpers/node.ts'
+import { readNdjson, runCli, startTestNode, type TestNode } from '../helpers/node.ts'
 
 /** The pids below `pid`, depth first. */
 function descendants(pid: number): number[] {
@@ -60,7 +60,7 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
   before(
     async () => {
       await buildEngine({ logger: silentLogger, nice: true })
-      const runtime = { threads: 1, parallel: 2, contextSize: 512 }
+      const runtime = { threads: 1, parallel: 2, contextSize: 2048 }
       ;[server, plain] = await Promise.all([
         startTestNode({ runtime: { ...runtime, engine: 'llama-server' } }),
         startTestNode({ runtime: { ...runtime, engine: 'node-llama-cpp' } }),
@@ -102,6 +102,10 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
       runners: Array<{ buildType: string }>
     }
     assert.equal(runners[0]?.buildType, 'llama-server', 'the runner reports its engine')
+    const ps = await runCli(server, ['ps'])
+    assert.equal(ps.code, 0, ps.err)
+    assert.match(ps.out, /ENGINE/)
+    assert.match(ps.out, /substrate-tiny\S*\s.*llama-server ×1/, ps.out)
     const tree = [await runnerPid(server)].flatMap((p) => [p, ...descendants(p)])
     const llama = tree.find(isServer)
     assert.ok(llama !== undefined, 'llama-server runs under the runner, in its sandbox')
@@ -157,7 +161,7 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
   })
 
   test('a prompt longer than the context is a typed error, from either engine', async () => {
-    const prompt = 'word '.repeat(2000)
+    const prompt = 'word '.repeat(5000)
     for (const t of [server, plain]) {
       const r = await generate(t, { prompt })
       assert.equal(r.status, 400, JSON.stringify(r.body))
@@ -186,6 +190,10 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
   })
 
   test('llama-server killed mid-stream: a typed error, then a fresh runner answers', async () => {
+    await generate(server, { prompt: 'hi', options: { num_predict: 1 } })
+    const tree = [await runnerPid(server)].flatMap((p) => [p, ...descendants(p)])
+    const llama = tree.find(isServer)
+    assert.ok(llama !== undefined)
     const res = await fetch(`${server.url}/api/generate`, {
       method: 'POST',
       body: JSON.stringify({
@@ -197,9 +205,6 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
     })
     const reader = res.body!.getReader()
     await reader.read()
-    const tree = [await runnerPid(server)].flatMap((p) => [p, ...descendants(p)])
-    const llama = tree.find(isServer)
-    assert.ok(llama !== undefined)
     process.kill(llama, 'SIGKILL')
     let text = ''
     for (;;) {
