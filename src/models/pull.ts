@@ -137,19 +137,18 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
   let furthest = have
   for (;;) {
     let out: WritableFile | undefined
+    let res: HttpResponse | undefined
     try {
       // The file is open before the request: nothing awaits between the response and
       // reading its body, so bytes that arrive just before a cut are still kept.
       out = await openPartial()
-      const res = await request(url, have, info, init, opts)
+      res = await request(url, have, info, init, opts)
       if (res.status === 416) {
-        res.close()
         if (have > 0 && have === info.total) break // the previous attempt had already got it all
         await restart()
         throw new Transient(`${url} answered 416 Range Not Satisfiable for bytes=${have}-`)
       }
       if (res.status === 206 && !rangeMatches(res, have, info.total)) {
-        res.close()
         await restart()
         throw new Transient('server answered a range that does not continue the partial file')
       }
@@ -216,6 +215,7 @@ async function download(url: string, init: DownloadInit, opts: DownloadOptions):
       })
       await sleep(delay, undefined, { signal: opts.signal }).catch(() => {})
     } finally {
+      res?.close() // whatever ended this attempt (a refusal at the headers too) drops its connection
       await out?.sync().catch(() => {})
       await out?.close().catch(() => {})
     }

@@ -263,3 +263,15 @@ test('an https body is read through TLS, checked against the CA like any client'
     rmSync(dir, { recursive: true, force: true })
   }
 })
+
+test('a response dropped before its body closes the connection at once', async () => {
+  let closed: Promise<unknown> | undefined
+  const base = await rawServer(async (socket) => {
+    closed = once(socket, 'close')
+    await send(socket, 'HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nthe start')
+  })
+  const res = await get(`${base}/`)
+  res.close()
+  await closed
+  await assert.rejects(res.readBody(collector().sink), /already read or dropped/)
+})
