@@ -1,5 +1,5 @@
 // Peer model transfer (issue 7) on loopback, with a 1 GiB file of random bytes:
-//   1. one holder: `/substrate/model-chunks/1` (chunks verified, written to disk, whole file
+//   1. one holder: `/substrate/model-chunks/2` (chunks verified, written to disk, whole file
 //      hashed at the end) against plain TCP and against a bare libp2p stream (Noise + Yamux)
 //      between the same two processes, interleaved; then chunk sizes 1/4/16 MiB;
 //   2. two holders each rate-limited to R against one holder at R;

@@ -5,7 +5,7 @@
 
 import * as dagCbor from '@ipld/dag-cbor'
 import type { Stream } from '@libp2p/interface'
-import { lpStream } from '@libp2p/utils'
+import { type LengthPrefixedStream, lpStream } from '@libp2p/utils'
 import { z } from 'zod'
 import { SubstrateError } from '../errors.ts'
 import { recordTypes } from '../protocol/domains.ts'
@@ -51,12 +51,22 @@ export const workerFrameSchema = z.discriminatedUnion('t', [
 ])
 export type WorkerFrame = z.infer<typeof workerFrameSchema>
 
+/** A frame read as it came: its pieces are views of the received buffers. */
+export type RawFrame = Awaited<ReturnType<LengthPrefixedStream['read']>>
+
 export interface FrameChannel<In, Out> {
   readonly stream: Stream
   /** The next frame; rejects with E_PEER_TIMEOUT, E_PEER_GONE, E_PROTOCOL, E_RECORD_TOO_LARGE or E_CANCELLED. */
   read(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<In>
   /** Rejects with E_PEER_TIMEOUT when the peer stops reading for `timeoutMs`. */
   write(frame: Out, timeoutMs?: number): Promise<void>
+  /**
+   * The next frame's bytes as they are, not decoded (bulk data that a decoded frame announced);
+   * bounded and timed like `read`. The pieces are views of the received buffers: no copy.
+   */
+  readRaw(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<RawFrame>
+  /** Writes `bytes` as one frame without encoding them; timed like `write`. */
+  writeRaw(bytes: Uint8Array, timeoutMs?: number): Promise<void>
   /** Graceful end: flushes and half-closes; resets instead if the peer does not cooperate in time. */
   close(timeoutMs?: number): Promise<void>
   /** Immediate end: the peer sees a reset. */
@@ -114,18 +124,32 @@ export function frameChannel<In, Out>(
     })
   }
 
+  const readFrame = async (options: { timeoutMs?: number; signal?: AbortSignal }) => {
+    const deadline = AbortSignal.timeout(options.timeoutMs ?? 2_147_483_647)
+    const signal = options.signal === undefined ? deadline : AbortSignal.any([deadline, options.signal])
+    let list: RawFrame
+    try {
+      list = await lp.read({ signal })
+    } catch (err) {
+      throw classify(err, deadline, options.signal)
+    }
+    bytesRead += varintLength(list.byteLength) + list.byteLength
+    return list
+  }
+  const writeFrame = async (bytes: Uint8Array, timeoutMs: number) => {
+    const deadline = AbortSignal.timeout(timeoutMs)
+    try {
+      await lp.write(bytes, { signal: deadline })
+      bytesWritten += varintLength(bytes.length) + bytes.length
+    } catch (err) {
+      throw classify(err, deadline)
+    }
+  }
+
   return {
     stream,
     async read(options = {}) {
-      const deadline = AbortSignal.timeout(options.timeoutMs ?? 2_147_483_647)
-      const signal = options.signal === undefined ? deadline : AbortSignal.any([deadline, options.signal])
-      let bytes: Uint8Array
-      try {
-        bytes = (await lp.read({ signal })).subarray()
-      } catch (err) {
-        throw classify(err, deadline, options.signal)
-      }
-      bytesRead += varintLength(bytes.length) + bytes.length
+      const bytes = (await readFrame(options)).subarray()
       let decoded: unknown
       try {
         decoded = dagCbor.decode(bytes)
@@ -144,16 +168,9 @@ export function frameChannel<In, Out>(
       }
       return parsed.data
     },
-    async write(frame, timeoutMs = 30_000) {
-      const deadline = AbortSignal.timeout(timeoutMs)
-      const bytes = dagCbor.encode(frame)
-      try {
-        await lp.write(bytes, { signal: deadline })
-        bytesWritten += varintLength(bytes.length) + bytes.length
-      } catch (err) {
-        throw classify(err, deadline)
-      }
-    },
+    write: (frame, timeoutMs = 30_000) => writeFrame(dagCbor.encode(frame), timeoutMs),
+    readRaw: (options = {}) => readFrame(options),
+    writeRaw: (bytes, timeoutMs = 30_000) => writeFrame(bytes, timeoutMs),
     async close(timeoutMs = 5_000) {
       try {
         await stream.close({ signal: AbortSignal.timeout(timeoutMs) })

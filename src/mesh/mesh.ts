@@ -72,7 +72,7 @@ export interface MeshInit {
   jobs?: JobProtocolInit
   /** Announce held models in the DHT (on start and on `modelsChanged`). */
   provideModels?: boolean
-  /** Serving models to peers (`/substrate/model-chunks/1`). */
+  /** Serving models to peers (`/substrate/model-chunks/2`). */
   transfer?: ModelTransferInit
   /** Pulling models from peers. */
   pull?: PeerPullInit

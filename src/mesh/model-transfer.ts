@@ -1,12 +1,14 @@
-// `/substrate/model-chunks/1`: how a node hands a model it holds to a peer, chunk by chunk.
-// One stream per request, framed like the job protocol (varint length + DAG-CBOR, bounded
-// and timed reads, job-codec.ts):
+// `/substrate/model-chunks/2`: how a node hands a model it holds to a peer, chunk by chunk.
+// Framed like the job protocol (varint length + DAG-CBOR, bounded and timed reads,
+// job-codec.ts), except the chunk bytes themselves: they follow their header as raw frames
+// of at most DATA_FRAME_BYTES, neither encoded nor decoded (v1 wrapped every 256 KiB in a
+// DAG-CBOR map, which cost more CPU than the rest of the protocol):
 //
 //   requester                                   holder
 //     manifest {digest}                 ──▶     held and allowed?
 //                                       ◀──     manifest {manifest: DAG-CBOR bytes} | error
 //     chunk {digest, index}             ──▶
-//                                       ◀──     chunk {index, size}, data {bytes} … (size bytes) | error
+//                                       ◀──     chunk {index, size}, raw bytes … (size in all) | error
 //
 // The holder never decides what is true: the requester checks the manifest's shape and
 // digest here, each chunk against the manifest (peer-pull.ts), and the file at the end.
@@ -25,14 +27,14 @@ import {
   readFully,
 } from '../models/chunk-manifest.ts'
 import type { ModelBlobs } from '../models/types.ts'
-import { KiB } from '../protocol/limits.ts'
+import { KiB, MiB } from '../protocol/limits.ts'
 import { errorFrame, type FrameChannel, frameChannel } from './job-codec.ts'
 import type { MeshNode } from './libp2p-node.ts'
 
-export const MODEL_CHUNKS_PROTOCOL = '/substrate/model-chunks/1'
+export const MODEL_CHUNKS_PROTOCOL = '/substrate/model-chunks/2'
 
-/** Data frames carry this much; small enough to pace, large enough that framing costs nothing. */
-export const DATA_FRAME_BYTES = 256 * KiB
+/** Raw data frames carry at most this much; small enough to pace, large enough that framing costs nothing. */
+export const DATA_FRAME_BYTES = 1 * MiB
 const MAX_REQUEST_FRAME_BYTES = 1 * KiB
 const MAX_RESPONSE_FRAME_BYTES = Math.max(MAX_MANIFEST_BYTES, DATA_FRAME_BYTES) + 1 * KiB
 
@@ -49,7 +51,6 @@ type Request = z.infer<typeof requestSchema>
 const responseSchema = z.discriminatedUnion('t', [
   z.strictObject({ t: z.literal('manifest'), manifest: bytesSchema }),
   z.strictObject({ t: z.literal('chunk'), index: z.number().int().min(0), size: z.number().int().min(0) }),
-  z.strictObject({ t: z.literal('data'), bytes: bytesSchema }),
   z.strictObject({ t: z.literal('error'), ...errorFields }),
 ])
 type Response = z.infer<typeof responseSchema>
@@ -105,6 +106,11 @@ export interface FetchOptions {
   signal?: AbortSignal
 }
 
+export interface SessionOptions extends FetchOptions {
+  /** Chunk requests the caller keeps in flight; the receive buffer holds that many answers. */
+  pipelineDepth?: number
+}
+
 export interface FetchedManifest {
   manifest: ChunkManifest
   bytes: Uint8Array
@@ -130,7 +136,7 @@ export interface ModelTransfer {
   /** Uploads in progress. */
   activeUploads(): number
   fetchManifest(peer: string, digest: string, options?: FetchOptions): Promise<FetchedManifest>
-  openSession(peer: string, manifest: ChunkManifest, options?: FetchOptions): Promise<ChunkSession>
+  openSession(peer: string, manifest: ChunkManifest, options?: SessionOptions): Promise<ChunkSession>
 }
 
 export function createModelTransfer(
@@ -180,7 +186,7 @@ export function createModelTransfer(
     for (let at = 0; at < data.length; at += DATA_FRAME_BYTES) {
       const bytes = data.subarray(at, Math.min(data.length, at + DATA_FRAME_BYTES))
       if (pace !== undefined) await pace(bytes.length)
-      await ch.write({ t: 'data', bytes })
+      await ch.writeRaw(bytes)
     }
   }
 
@@ -243,11 +249,12 @@ export function createModelTransfer(
     })
   }
 
+  const readOptions = (options: FetchOptions) => ({
+    timeoutMs: options.stallTimeoutMs ?? 15_000,
+    ...(options.signal ? { signal: options.signal } : {}),
+  })
   const readFrame = async (ch: FrameChannel<Response, Request>, peer: string, options: FetchOptions) => {
-    const frame = await ch.read({
-      timeoutMs: options.stallTimeoutMs ?? 15_000,
-      ...(options.signal ? { signal: options.signal } : {}),
-    })
+    const frame = await ch.read(readOptions(options))
     if (frame.t === 'error')
       throw new SubstrateError(remoteCode(frame.code), `peer ${peer}: ${frame.message}`)
     return frame
@@ -286,8 +293,9 @@ export function createModelTransfer(
       }
     },
     async openSession(peer, manifest, options = {}) {
-      // Two answers may be on the wire at once (the pipeline depth): room for both.
-      const ch = await openChannel(peer, options, 2 * manifest.chunkSize + MAX_RESPONSE_FRAME_BYTES)
+      // Up to `depth` answers may be on the wire at once: room for all of them.
+      const depth = options.pipelineDepth ?? 2
+      const ch = await openChannel(peer, options, depth * manifest.chunkSize + MAX_RESPONSE_FRAME_BYTES)
       let tail: Promise<unknown> = Promise.resolve()
       let failed: SubstrateError | undefined
       const receive = async (index: number): Promise<Uint8Array> => {
@@ -298,15 +306,18 @@ export function createModelTransfer(
           if (header.t !== 'chunk' || header.index !== index || header.size !== end - start) {
             throw new SubstrateError('E_PROTOCOL', `peer ${peer} answered chunk ${index} with a wrong header`)
           }
-          const data = new Uint8Array(end - start)
+          // Every byte is overwritten below before anyone reads it.
+          const data = Buffer.allocUnsafe(end - start)
           let have = 0
           while (have < data.length) {
-            const frame = await readFrame(ch, peer, options)
-            if (frame.t !== 'data' || have + frame.bytes.length > data.length) {
+            const frame = await ch.readRaw(readOptions(options))
+            if (frame.byteLength === 0 || have + frame.byteLength > data.length) {
               throw new SubstrateError('E_PROTOCOL', `peer ${peer} sent more or other than chunk ${index}`)
             }
-            data.set(frame.bytes, have)
-            have += frame.bytes.length
+            for (const piece of frame) {
+              data.set(piece, have)
+              have += piece.length
+            }
           }
           return data
         } catch (err) {

@@ -6,8 +6,9 @@
 //
 // Crash safety: the partial file and a small state file (which chunks are written) live in
 // the store's tmp/ under the names the store keeps across restarts. A resumed pull re-hashes
-// the chunks the state file lists and fetches only the rest, so neither a torn write nor a
-// stale state file can smuggle a bad byte into the model.
+// the chunks the state file lists (and the few that were landing, not listed yet) and fetches
+// only the rest, so neither a torn write nor a stale state file can smuggle a bad byte into
+// the model.
 
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
@@ -97,7 +98,7 @@ interface PullState {
 
 export function createPeerPuller(components: PeerPullComponents, init: PeerPullInit = {}): PeerPuller {
   const log = components.logger.child('peer-pull')
-  const depth = init.pipelineDepth ?? 2
+  const depth = init.pipelineDepth ?? 3
   const stallTimeoutMs = init.stallTimeoutMs ?? 15_000
   const banMs = init.banMs ?? 10 * MINUTE_MS
   const bans = new Map<string, number>()
@@ -327,6 +328,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       try {
         session = await components.transfer.openSession(peer, manifest, {
           stallTimeoutMs,
+          pipelineDepth: depth,
           ...(options.signal ? { signal: options.signal } : {}),
         })
       } catch (err) {
@@ -462,14 +464,27 @@ async function readState(infoPath: string, digest: string): Promise<PullState | 
   }
 }
 
-/** The listed chunks that really are on disk with the right bytes. */
+/**
+ * Unlisted chunks a resume also re-hashes. The state file is saved after a chunk is written,
+ * so the chunks that were landing when the process died are on disk but not listed yet; they
+ * are the lowest unlisted ones (chunks are handed out in order), a few per holder.
+ */
+const UNLISTED_RECHECK = 16
+
+/** The listed chunks, and the first unlisted ones the file reaches, that really are on disk with the right bytes. */
 async function recheck(path: string, manifest: ChunkManifest, listed: number[]): Promise<number[]> {
   const file = await open(path, 'r').catch(() => undefined)
   if (file === undefined) return []
   const good: number[] = []
   try {
+    const isListed = new Set(listed)
+    const { size } = await file.stat()
+    const unlisted = manifest.chunks
+      .map((_, i) => i)
+      .filter((i) => !isListed.has(i) && chunkRange(manifest, i).end <= size)
+      .slice(0, UNLISTED_RECHECK)
     const buffer = Buffer.allocUnsafe(manifest.chunkSize)
-    for (const index of listed) {
+    for (const index of [...isListed, ...unlisted]) {
       if (!Number.isInteger(index) || index < 0 || index >= manifest.chunks.length) continue
       const { start, end } = chunkRange(manifest, index)
       const ok = await readFully(file, buffer, end - start, start).then(

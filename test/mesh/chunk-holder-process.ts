@@ -1,5 +1,5 @@
 // A model holder in its own process, for peer-transfer tests and benchmarks: serves one file
-// over `/substrate/model-chunks/1`, honestly or as the hostile peer the test asks for. Prints
+// over `/substrate/model-chunks/2`, honestly or as the hostile peer the test asks for. Prints
 // `{id, addr, digest, tcpPort?}` as one JSON line, serves until stdin closes (then prints
 // `{servedChunks}` and exits) or it is killed.
 //

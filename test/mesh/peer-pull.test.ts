@@ -3,11 +3,12 @@
 
 import assert from 'node:assert/strict'
 import { createHash } from 'node:crypto'
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { CHUNK_SIZE } from '../../src/models/chunk-manifest.ts'
+import { partialPaths } from '../../src/models/pull.ts'
 import { openWritableFile } from '../../src/models/writable.ts'
 import { rejectsWith } from './helpers.ts'
 import { type Holder, randomFile, spawnHolder, startPuller, type TestPuller } from './transfer-helpers.ts'
@@ -79,9 +80,11 @@ describe('pulling a model from peers', () => {
   })
 
   test('when every holder vanishes mid-transfer, a later pull fetches only the missing chunks', async () => {
+    // Slow enough that the chunks still on their way (all of them are requested at once) take
+    // seconds longer than the first two: the kill lands mid-transfer even on a loaded machine.
     const slow = [
-      await holder({ file, bytesPerSecond: CHUNK_SIZE }),
-      await holder({ file, bytesPerSecond: CHUNK_SIZE }),
+      await holder({ file, bytesPerSecond: CHUNK_SIZE / 2 }),
+      await holder({ file, bytesPerSecond: CHUNK_SIZE / 2 }),
     ]
     const sub = join(dir, 'vanish')
     const first = await puller(sub, slow)
@@ -109,6 +112,27 @@ describe('pulling a model from peers', () => {
     assert.equal(stats.resumedChunks, keptChunks, 'every chunk written before the crash is reused')
     assert.equal(stats.chunksFrom[fresh.id], CHUNKS - keptChunks, 'only the missing chunks are fetched')
     assert.deepEqual(await readdir(join(sub, 'tmp')), [basename(record.path)], 'the resume state is gone')
+  })
+
+  test('a resume reuses chunks written but not yet listed in the state file, and re-fetches a torn one', async () => {
+    const honest = await holder({ file })
+    const sub = join(dir, 'unlisted')
+    const p = await puller(sub, [honest])
+    // The state file of a process that died right after writing chunks 1..5, before listing them.
+    const done = await p.puller.fetch(digest, { tmpDir: p.tmpDir })
+    const { infoPath } = partialPaths(p.tmpDir, `substrate-peers:${digest}`)
+    const state = JSON.parse(await readFile(infoPath, 'utf8')) as { written: number[] }
+    assert.equal(state.written.length, CHUNKS)
+    await writeFile(infoPath, JSON.stringify({ ...state, written: [0] }))
+    // ...and chunk 3 torn: half of it never reached the disk.
+    const torn = await open(done.path, 'r+')
+    await torn.write(Buffer.alloc(CHUNK_SIZE / 2), 0, CHUNK_SIZE / 2, 3 * CHUNK_SIZE)
+    await torn.close()
+    const record = await p.pull(digest)
+    assert.deepEqual(await readFile(record.path), original)
+    const stats = p.puller.lastStats()!
+    assert.equal(stats.resumedChunks, CHUNKS - 1, 'every intact chunk on disk is reused')
+    assert.equal(stats.chunksFrom[honest.id], 1, 'only the torn chunk is fetched again')
   })
 
   test('a manifest whose chunks do not add up to the file hash stores nothing and bans its senders', async () => {
