@@ -76,6 +76,8 @@ export interface PeerPullStats {
   resumedChunks: number
   /** Holders dropped in the last pull, with the reason. */
   dropped: Record<string, string>
+  /** Holders whose stream went away mid-pull and was opened again. */
+  reopened: Record<string, number>
 }
 
 export interface PeerPuller {
@@ -197,7 +199,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
     if (resume) for (const i of await recheck(paths.path, manifest, saved.written)) written[i] = true
     const resumedChunks = written.filter(Boolean).length
     const hasher = inOrderHasher(total)
-    stats = { chunksFrom: {}, resumedChunks, dropped: {} }
+    stats = { chunksFrom: {}, resumedChunks, dropped: {}, reopened: {} }
     const run = stats
     if (resumedChunks > 0)
       log.info('resuming pull from peers', { digest, haveChunks: resumedChunks, of: total })
@@ -323,7 +325,25 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       return best
     }
 
+    /**
+     * A holder's session, opened again once if its stream ends without a word (E_PEER_GONE:
+     * the connection was closed or replaced under it); a holder that lied or stalled is not.
+     */
     const runHolder = async (peer: string): Promise<void> => {
+      try {
+        for (let attempt = 0; attempt < 2; attempt++) {
+          if (!(await runSession(peer)) || remaining === 0 || fatal !== undefined) return
+          log.info('holder stream ended mid-pull; opening it again', { peer })
+          run.reopened[peer] = (run.reopened[peer] ?? 0) + 1
+        }
+      } finally {
+        live--
+        notify()
+      }
+    }
+
+    /** Fetches from one session until done; true when it ended because the stream went away. */
+    const runSession = async (peer: string): Promise<boolean> => {
       let session: ChunkSession
       try {
         session = await components.transfer.openSession(peer, manifest, {
@@ -333,12 +353,12 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
         })
       } catch (err) {
         run.dropped[peer] = toSubstrateError(err).message
-        live--
-        notify()
-        return
+        return false
       }
+      delete run.dropped[peer]
       sessions.add(session)
       let dropped = false
+      let gone = false
       const slot = async () => {
         while (remaining > 0 && !dropped && fatal === undefined) {
           const index = take(peer)
@@ -361,6 +381,7 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
               run.dropped[peer] = error.message
               if (error.code === 'E_PEER_TIMEOUT' || error.code === 'E_PROTOCOL') ban(peer, error.message)
               else log.info('holder dropped', { peer, code: error.code })
+              gone = error.code === 'E_PEER_GONE'
             }
             release(index, peer)
             return
@@ -402,9 +423,8 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       } finally {
         session.close()
         sessions.delete(session)
-        live--
-        notify()
       }
+      return gone
     }
 
     /** A chunk a dropped holder had goes back to the front, unless someone else already has it. */

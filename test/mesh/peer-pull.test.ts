@@ -7,6 +7,7 @@ import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promise
 import { tmpdir } from 'node:os'
 import { basename, join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { CHUNK_SIZE } from '../../src/models/chunk-manifest.ts'
 import { partialPaths } from '../../src/models/pull.ts'
 import { openWritableFile } from '../../src/models/writable.ts'
@@ -112,6 +113,27 @@ describe('pulling a model from peers', () => {
     assert.equal(stats.resumedChunks, keptChunks, 'every chunk written before the crash is reused')
     assert.equal(stats.chunksFrom[fresh.id], CHUNKS - keptChunks, 'only the missing chunks are fetched')
     assert.deepEqual(await readdir(join(sub, 'tmp')), [basename(record.path)], 'the resume state is gone')
+  })
+
+  test('a connection closed under a pull is dialled again once; the pull completes from the same holder', async () => {
+    const only = await holder({ file, bytesPerSecond: CHUNK_SIZE })
+    const p = await puller(join(dir, 'hangup'), [only])
+    let closed = false
+    const record = await p.pull(digest, {
+      onProgress(ev) {
+        if (!closed && (ev.completed ?? 0) >= CHUNK_SIZE) {
+          closed = true
+          void p.mesh.libp2p.hangUp(peerIdFromString(only.id))
+        }
+      },
+    })
+    assert.ok(closed)
+    assert.deepEqual(await readFile(record.path), original)
+    const stats = p.puller.lastStats()!
+    assert.equal(stats.chunksFrom[only.id], CHUNKS)
+    assert.deepEqual(stats.reopened, { [only.id]: 1 }, 'the stream broke and was opened again')
+    assert.deepEqual(stats.dropped, {}, 'the holder is not counted as dropped once its new stream served')
+    assert.ok(!p.puller.banned().has(only.id))
   })
 
   test('a resume reuses chunks written but not yet listed in the state file, and re-fetches a torn one', async () => {
