@@ -79,7 +79,7 @@ describe('ledger sync across processes', () => {
 
   test('SIGKILL during a pull leaves no partial state; after a restart the sync completes', async (t) => {
     const world = receiptWorld()
-    const ops = [...world.genesis(), ...world.receipts(500)]
+    const ops = [...world.genesis(), ...world.receipts(2000)]
     const source = await startLedgerPeer()
     t.after(() => source.stop())
     for (let i = 0; i < ops.length; i += 1000) source.ledger.log.ingestMany(ops.slice(i, i + 1000))
@@ -89,7 +89,8 @@ describe('ledger sync across processes', () => {
     children.push(first)
     await nextLine(first, (l) => typeof l.addr === 'string')
     first.process.stdin!.write(`${JSON.stringify({ dial: source.mesh.multiaddrs()[0] })}\n`)
-    // Killed as soon as the first ops are in: the pull is still streaming and ingesting.
+    // Killed as soon as the first ops are in: the pull is still streaming and ingesting (4k ops:
+    // long enough that a loaded machine cannot finish them between that line and the kill).
     await nextLine(first, (l) => typeof l.total === 'number' && (l.total as number) > 0)
     first.process.kill('SIGKILL')
     await new Promise((resolve) => first.process.once('exit', resolve))
