@@ -77,7 +77,7 @@ if (import.meta.main) {
   createInterface({ input: process.stdin }).on('line', (line) => {
     if (line.trim() !== 'peers') return
     const peers = mesh.capacity.view().map((e) => ({ id: e.peer }))
-    process.stdout.write(`${JSON.stringify({ peers, gossip: mesh.capacity.stats() })}\n`)
+    process.stdout.write(`${JSON.stringify({ peers, gossip: mesh.gossip() })}\n`)
   })
   process.stdin.on('end', () => {
     void mesh.stop().then(() => process.exit(0))

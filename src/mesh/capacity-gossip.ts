@@ -1,13 +1,16 @@
 // Capacity gossip (DESIGN.md, "Discovery"): every node publishes a signed capacity record on
-// `substrate/capacity/1` soon after anything changes and every 15 s besides (a heartbeat that
-// keeps it in others' views; change-driven publishes carry the news, so the heartbeat can be
-// slow: every record reaches every node, so its rate times the node count is each node's
-// gossip cost — see BENCHMARKS.md, "Mesh discovery and gossip cost"), and keeps a view
-// of everyone else's last record. The topic validator is the one gate: it rate-limits each
-// origin before doing any crypto, then verifies; a rejected record is never delivered or
-// forwarded, and gossipsub's peer scoring charges whoever relayed it. A little over the rate
-// is ignored (an honest burst, or jitter along a relay path); far over it is a flood, and
-// rejected like an invalid record, so the flooder's score sinks until it is graylisted.
+// `substrate/capacity/1` when it changes and, as a keep-alive, every 60 s besides. Changes are
+// found by comparing the snapshot every 2 s (local work, nothing on the wire), so a change
+// anywhere (a job starts, a model loads or unloads, a model is pulled) is announced within
+// ~2.5 s whether or not its subsystem says so; the keep-alive only keeps a quiet node in
+// others' views, so it can be slow. Every record reaches every node, so the record rate times
+// the node count is each node's gossip cost (BENCHMARKS.md, "Mesh discovery and gossip cost").
+// The view keeps everyone else's last record. The topic validator is the one gate: it
+// rate-limits each origin before doing any crypto, then verifies; a rejected record is never
+// delivered or forwarded, and gossipsub's peer scoring charges whoever relayed it. A little
+// over the rate is ignored (an honest burst, or jitter along a relay path); far over it is a
+// flood, and rejected like an invalid record, so the flooder's score sinks until it is
+// graylisted.
 
 import type { Message, SubscriptionChangeData } from '@libp2p/gossipsub'
 import { TopicValidatorResult } from '@libp2p/gossipsub'
@@ -45,8 +48,11 @@ export interface CapacityGossipStats {
 }
 
 export interface CapacityGossipInit {
+  /** Keep-alive: a record is published this often even when nothing changed. */
   publishIntervalMs?: number
-  /** An entry not refreshed for this long leaves the view. */
+  /** How often the snapshot is compared with the last one published (a change publishes soon). */
+  changeCheckMs?: number
+  /** An entry not refreshed for this long leaves the view (default 3 keep-alives). */
   staleAfterMs?: number
   /** Lifetime of our own records; peers drop them after it even if we vanish silently. */
   recordTtlMs?: number
@@ -77,8 +83,9 @@ export function createCapacityGossip(
 ): CapacityGossip {
   const log = components.logger.child('capacity')
   const pubsub = components.mesh.libp2p.services.pubsub
-  const publishIntervalMs = init.publishIntervalMs ?? 15_000
-  const staleAfterMs = init.staleAfterMs ?? 4 * publishIntervalMs
+  const publishIntervalMs = init.publishIntervalMs ?? 60_000
+  const changeCheckMs = init.changeCheckMs ?? 2_000
+  const staleAfterMs = init.staleAfterMs ?? 3 * publishIntervalMs
   // Outlives the stale bound, so a record is dropped for silence before it expires (within
   // the 5 minutes a capacity envelope may live).
   const recordTtlMs = init.recordTtlMs ?? Math.min(Math.max(60_000, 6 * publishIntervalMs), 5 * 60_000)
@@ -102,6 +109,9 @@ export function createCapacityGossip(
     overflow: 0,
   }
   let interval: NodeJS.Timeout | undefined
+  let changeCheck: NodeJS.Timeout | undefined
+  /** The last snapshot published, to tell a change from a keep-alive. */
+  let lastSnapshot = ''
   let pending: NodeJS.Timeout | undefined
   let lastPublish = 0
   let running = false
@@ -175,7 +185,9 @@ export function createCapacityGossip(
     if (!running) return
     lastPublish = Date.now()
     try {
-      const bytes = signCapacityRecord(components.identity, components.snapshot(), {
+      const snapshot = components.snapshot()
+      lastSnapshot = JSON.stringify(snapshot)
+      const bytes = signCapacityRecord(components.identity, snapshot, {
         ttlMs: recordTtlMs,
       })
       await pubsub.publish(CAPACITY_TOPIC, bytes)
@@ -226,11 +238,16 @@ export function createCapacityGossip(
         schedulePublish()
       }, publishIntervalMs)
       interval.unref()
+      changeCheck = setInterval(() => {
+        if (JSON.stringify(components.snapshot()) !== lastSnapshot) schedulePublish()
+      }, changeCheckMs)
+      changeCheck.unref()
       schedulePublish()
     },
     async stop() {
       running = false
       clearInterval(interval)
+      clearInterval(changeCheck)
       clearTimeout(pending)
       pending = undefined
       pubsub.removeEventListener('subscription-change', onSubscriptionChange)

@@ -44,7 +44,10 @@ import {
   type ReachabilityService,
   randomWalkDiscovery,
   reachabilityService,
+  type WalkThrottle,
+  walkThrottle,
 } from './libp2p-services.ts'
+import { createTrafficMeter, type TrafficSnapshot } from './traffic-meter.ts'
 
 /** Every mesh protocol id starts with this, so a Substrate DHT never merges with IPFS's. */
 export const PROTOCOL_PREFIX = '/substrate'
@@ -60,10 +63,33 @@ export type MeshServices = {
   autoNAT: unknown
   dcutr: unknown
   reachability: ReachabilityService
-  randomWalk?: RandomWalkDiscovery
+  walkThrottle: WalkThrottle
+  // Not `randomWalk`: a service is also registered as a component under its key, and that one
+  // would replace libp2p's RandomWalk component that relay discovery and AutoNAT walk with.
+  walkDiscovery?: RandomWalkDiscovery
   relay?: CircuitRelayService
 }
 export type MeshLibp2p = Libp2p<MeshServices>
+
+/**
+ * gossipsub tuned for meshes of a few to a few dozen nodes (its defaults, D 6 / Dlo 4 / Dhi 12 /
+ * Dlazy 6 and flood publishing, suit networks of thousands). Each node forwards every message
+ * it receives to its mesh peers, so each message crosses ~N·D links and costs each node about
+ * D copies in and out: the mesh degree multiplies every topic's cost. With D 4 a message still
+ * reaches every node of a connected mesh through ≥ 3 disjoint links per node, and IHAVE gossip
+ * to 3 more peers each heartbeat repairs what a lost link misses. Our own messages go to our
+ * mesh peers like any other instead of to every peer (flood publishing): with everyone
+ * connected to everyone, flooding sent each record N − 1 times at its source.
+ */
+export const SMALL_MESH_GOSSIP = {
+  D: 4,
+  Dlo: 3,
+  Dhi: 6,
+  Dout: 1,
+  Dscore: 2,
+  Dlazy: 3,
+  floodPublish: false,
+} as const
 
 export interface RelayServeInit {
   /** Reservations this relay holds at once. */
@@ -133,6 +159,8 @@ export interface MeshNode {
   reachability(): NodeReachability
   /** How we are connected to a peer right now: directly, only through a relay, or not at all. */
   connectionKind(peer: string): 'direct' | 'relayed' | undefined
+  /** Bytes sent and received so far: on the wire, per protocol, and gossipsub's by part. */
+  traffic(): TrafficSnapshot
   start(): Promise<void>
   stop(): Promise<void>
 }
@@ -167,12 +195,14 @@ export async function createMeshNode(
   ]
   const datastore = init.datastorePath === undefined ? undefined : openDatastore(init.datastorePath)
   const randomWalkMin = init.randomWalkMinConnections ?? 0
+  const traffic = createTrafficMeter()
 
   let libp2p: MeshLibp2p
   try {
     libp2p = await createLibp2p({
       start: false,
       privateKey,
+      metrics: () => traffic.metrics(),
       ...(datastore === undefined ? {} : { datastore }),
       // Remembered addresses outlive a night offline; libp2p's default forgets them after an hour.
       peerStore: { maxAddressAge: 7 * 24 * 3_600_000, maxPeerAge: 7 * 24 * 3_600_000 },
@@ -184,6 +214,10 @@ export async function createMeshNode(
         ...(bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList })] : []),
         ...(init.mdns === true ? [mdns({ interval: init.mdnsIntervalMs ?? 10_000 })] : []),
       ],
+      // Pings every connection (a dead one is closed) and keeps its round trip, which
+      // peer-latency.ts reads; libp2p's 10 s default is a ping stream per connection per side
+      // every 10 s, a large share of a quiet mesh's traffic.
+      connectionMonitor: { pingInterval: 30_000 },
       connectionManager: {
         maxConnections: init.maxConnections ?? 100,
         maxIncomingPendingConnections: 10,
@@ -207,6 +241,7 @@ export async function createMeshNode(
           // Capacity records are re-published every few seconds; a node alone on the topic
           // must not treat that as an error.
           allowPublishToZeroTopicPeers: true,
+          ...SMALL_MESH_GOSSIP,
           scoreParams: {
             topics: {
               // Every invalid record costs its forwarder score, so a spammer is pruned,
@@ -219,9 +254,10 @@ export async function createMeshNode(
             },
           },
         }),
+        walkThrottle: walkThrottle(),
         ...(randomWalkMin > 0
           ? {
-              randomWalk: randomWalkDiscovery({
+              walkDiscovery: randomWalkDiscovery({
                 minConnections: randomWalkMin,
                 ...(init.randomWalkIntervalMs === undefined ? {} : { intervalMs: init.randomWalkIntervalMs }),
               }),
@@ -319,6 +355,7 @@ export async function createMeshNode(
             : { reservations: relay.reservations.size, maxReservations: relayServe.maxReservations },
       }
     },
+    traffic: () => traffic.snapshot(),
     connectionKind(peer) {
       const conns = libp2p
         .getConnections()

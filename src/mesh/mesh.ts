@@ -44,6 +44,7 @@ import { createPeerLatency } from './peer-latency.ts'
 import { createPeerPuller, type PeerPuller, type PeerPullInit } from './peer-pull.ts'
 import { type PickOptions, pickWorkers } from './pick-worker.ts'
 import { createRuntimeJobRunner } from './runtime-job.ts'
+import type { TrafficSnapshot } from './traffic-meter.ts'
 import {
   createWorkerStanding,
   outcomeOf,
@@ -117,8 +118,8 @@ export interface Mesh {
    * peers' claims: when peers disagree, the digest most of them offer wins.
    */
   findRemoteModel(nameOrDigest: string): RemoteModel | undefined
-  /** Capacity gossip counters and gossipsub's score of each connected peer. */
-  gossip(): CapacityGossipStats & { scores: Array<{ id: string; score: number }> }
+  /** Capacity gossip counters, gossipsub's score of each connected peer, and bytes spent so far. */
+  gossip(): CapacityGossipStats & { scores: Array<{ id: string; score: number }>; traffic: TrafficSnapshot }
   /** What our jobs taught us about a peer as a worker: in flight, penalty, successes, failures. */
   standing(peer: string): PeerStanding
   /** Runs a job on the first candidate that admits it; events as Runtime.generate() plus the receipt. */
@@ -422,7 +423,7 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
         id: id.toString(),
         score: Math.round((score?.call(pubsub, id.toString()) ?? 0) * 100) / 100,
       }))
-      return { ...capacity.stats(), scores }
+      return { ...capacity.stats(), scores, traffic: node.traffic() }
     },
     candidates,
     remoteModels,

@@ -1,7 +1,9 @@
-// Round-trip times to the peers in the capacity view, measured with libp2p ping every 15 s (a
-// round trip on a stable connection hardly changes, and every ping is a new stream per peer),
-// for `substrate peers` and for ranking workers by latency. Only peers we are already
-// connected to are pinged: measuring must never dial half the mesh.
+// Round-trip times to the peers in the capacity view, for `substrate peers` and for ranking
+// workers by latency. libp2p's connection monitor already pings every connection (every 30 s,
+// libp2p-node.ts) and keeps the round trip on the connection (`rtt`): that is read, and a peer
+// is pinged here only while its connection has none yet (the first ~30 s), so no second ping
+// stream per peer runs for ever. Only peers we are already connected to are measured:
+// measuring must never dial half the mesh.
 
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { CapacityGossip } from './capacity-gossip.ts'
@@ -27,7 +29,13 @@ export function createPeerLatency(
     for (const peer of rtts.keys()) if (!inView.has(peer)) rtts.delete(peer)
     for (const peer of inView) {
       const id = peerIdFromString(peer)
-      if (libp2p.getConnections(id).length === 0) continue
+      const conns = libp2p.getConnections(id)
+      if (conns.length === 0) continue
+      const monitored = conns.map((c) => c.rtt).filter((rtt): rtt is number => rtt !== undefined)
+      if (monitored.length > 0) {
+        rtts.set(peer, Math.min(...monitored))
+        continue
+      }
       libp2p.services.ping
         .ping(id, { signal: AbortSignal.timeout(5_000) })
         .then((ms) => rtts.set(peer, ms))

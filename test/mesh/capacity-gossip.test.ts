@@ -149,3 +149,33 @@ describe('capacity view bounds', () => {
     }
   })
 })
+
+describe('capacity changes without a notification', () => {
+  test('a changed snapshot is found and published long before the keep-alive; an unchanged one is not', async () => {
+    const peers = await startPeers(2)
+    const free = [1, 1]
+    const gossips = peers.map((p, i) =>
+      createCapacityGossip(
+        { mesh: p.mesh, identity: p.identity, logger: silentLogger, snapshot: () => snapshotOf(free[i]!) },
+        // A keep-alive far beyond the test: only change detection can publish the change.
+        { publishIntervalMs: 600_000, changeCheckMs: 100 },
+      ),
+    )
+    try {
+      await Promise.all(gossips.map((g) => g.start()))
+      const a = peers[0]!.identity.id
+      await waitFor(() => gossips[1]!.get(a) !== undefined, 'B to hear A once', 8_000)
+      // Quiet while nothing changes: no keep-alive, no change.
+      const quiet = gossips[0]!.stats().published
+      await new Promise((r) => setTimeout(r, 600))
+      assert.equal(gossips[0]!.stats().published, quiet, 'an unchanged snapshot is not re-published')
+      // A loaded model, a busy slot…: the snapshot changes and nobody calls notifyChanged().
+      free[0] = 0
+      await waitFor(() => gossips[1]!.get(a)?.record.freeSlots === 0, 'B to see A busy', 5_000)
+      assert.equal(gossips[0]!.stats().published, quiet + 1)
+    } finally {
+      await Promise.all(gossips.map((g) => g.stop()))
+      await stopPeers(peers)
+    }
+  })
+})

@@ -207,7 +207,7 @@ describe('libp2p for real networks', () => {
     // In a mesh this small the DHT's own self-query already meets every peer; the test
     // below shows what the walk itself does.
     await waitFor(() => walker.connectionKind(far.peerId) !== undefined, 'the walker to reach far', 30_000)
-    assert.ok(walker.libp2p.services.randomWalk, 'the random walk service is on')
+    assert.ok(walker.libp2p.services.walkDiscovery, 'the random walk service is on')
   })
 
   test('the random walk dials walked-to peers until enough are connected, then stops walking', async () => {
