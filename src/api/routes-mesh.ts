@@ -5,6 +5,7 @@
 
 import type { CapacityEntry, CapacityGossipStats } from '../mesh/capacity-gossip.ts'
 import type { CountersignedReceipt } from '../mesh/job-protocol.ts'
+import type { TrafficSnapshot } from '../mesh/traffic-meter.ts'
 import type { PeerStanding } from '../mesh/worker-standing.ts'
 import { sendJson } from './http.ts'
 import type { MeshServed } from './inference.ts'
@@ -21,7 +22,11 @@ export interface MeshRouteComponents {
         /** Round-trip time to a connected peer in ms, when measured. */
         latencyMs(peer: string): number | undefined
         standing?(peer: string): PeerStanding
-        gossip?(): CapacityGossipStats & { scores: Array<{ id: string; score: number }> }
+        /** Gossip counters, peer scores and (from the mesh) `traffic`: bytes by protocol and gossip part. */
+        gossip?(): CapacityGossipStats & {
+          scores: Array<{ id: string; score: number }>
+          traffic?: TrafficSnapshot
+        }
         /** AutoNAT's verdicts and relay reservations. */
         reachability?(): ReachabilityInfo
         connectionKind?(peer: string): 'direct' | 'relayed' | undefined
