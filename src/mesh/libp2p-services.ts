@@ -118,6 +118,8 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
     let gapMs = minGapMs
     let nextAt = 0
     let queries = 0
+    /** Settles when the query in flight ends: one query at a time, across walkers. */
+    let querying: Promise<void> | undefined
     let shutdown = new AbortController()
 
     async function* walk(options?: AbortOptions): AsyncGenerator<PeerInfo> {
@@ -125,12 +127,19 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
         options?.signal === undefined ? shutdown.signal : AbortSignal.any([shutdown.signal, options.signal])
       while (true) {
         signal.throwIfAborted()
+        if (querying !== undefined) {
+          await untilSettled(querying, signal)
+          continue
+        }
         const wait = nextAt - Date.now()
         if (wait > 0) {
           await sleep(wait, undefined, { signal })
           continue // another walker may have taken this turn
         }
-        nextAt = Number.POSITIVE_INFINITY // one query at a time, across walkers
+        let release = () => {}
+        querying = new Promise<void>((resolve) => {
+          release = resolve
+        })
         queries++
         let metSomeoneNew = false
         try {
@@ -141,6 +150,8 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
         } finally {
           gapMs = metSomeoneNew ? minGapMs : Math.min(gapMs * 2, maxGapMs)
           nextAt = Date.now() + gapMs
+          querying = undefined
+          release()
         }
       }
     }
@@ -161,6 +172,18 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
       },
     }
   }
+}
+
+/** Waits for `promise`, or rejects when `signal` aborts first (and leaves no listener behind). */
+function untilSettled(promise: Promise<void>, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    void promise.then(() => {
+      signal.removeEventListener('abort', onAbort)
+      resolve()
+    })
+  })
 }
 
 export interface AddressInfo {

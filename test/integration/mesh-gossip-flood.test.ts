@@ -87,7 +87,8 @@ describe('a capacity gossip flood from one peer', () => {
       // The view is still right: the honest peer is in it and keeps being refreshed.
       const seen = (await peersOf(victim)).peers.find((p) => p.id === honest.id)
       assert.ok(seen, 'the honest peer is still in the view')
-      await eventually('a fresh record from the honest peer', 15_000, async () => {
+      // An unchanged node re-announces every 60 s (capacity-gossip.ts keep-alive): wait for one.
+      await eventually('a fresh record from the honest peer', 75_000, async () => {
         const p = (await peersOf(victim)).peers.find((e) => e.id === honest.id)
         return p !== undefined && p.lastSeen > seen.lastSeen ? true : undefined
       })
