@@ -7,7 +7,14 @@
 
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import type { AbortOptions, ComponentLogger, PeerInfo, PeerRouting, Startable } from '@libp2p/interface'
+import type {
+  AbortOptions,
+  ComponentLogger,
+  PeerId,
+  PeerInfo,
+  PeerRouting,
+  Startable,
+} from '@libp2p/interface'
 import type { AddressManager, ConnectionManager, RandomWalk } from '@libp2p/interface-internal'
 import { isPrivate } from '@libp2p/utils'
 import type { Multiaddr } from '@multiformats/multiaddr'
@@ -103,8 +110,8 @@ export interface WalkThrottle extends Startable {
  * as long as it has none, so in a mesh without relays every node ran DHT queries back to back
  * forever (15–50 KB/s per node measured at 3 nodes, and CPU). Here every walker shares one
  * pace: at most one query per gap, the gap doubling while queries meet only peers we are
- * already connected to (a small mesh, fully known) and back to the minimum once one meets
- * someone new. Walkers read the component when they walk, so replacing it at construction
+ * already connected to or met before (a small mesh, fully known; an undialable peer met
+ * again is no news) and back to the minimum once one meets someone new. Walkers read the component when they walk, so replacing it at construction
  * reaches all of them (relay discovery, AutoNAT, `randomWalkDiscovery`).
  */
 export function walkThrottle(init: WalkThrottleInit = {}) {
@@ -112,6 +119,7 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
     randomWalk: RandomWalk
     peerRouting: PeerRouting
     connectionManager: ConnectionManager
+    peerId: PeerId
   }): WalkThrottle => {
     const minGapMs = init.minGapMs ?? 10_000
     const maxGapMs = init.maxGapMs ?? 10 * 60_000
@@ -120,6 +128,8 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
     let queries = 0
     /** Settles when the query in flight ends: one query at a time, across walkers. */
     let querying: Promise<void> | undefined
+    /** Peers walks have met: a peer met again (connected or not, e.g. undialable) is not news. */
+    const met = new Set<string>()
     let shutdown = new AbortController()
 
     async function* walk(options?: AbortOptions): AsyncGenerator<PeerInfo> {
@@ -144,7 +154,15 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
         let metSomeoneNew = false
         try {
           for await (const peer of components.peerRouting.getClosestPeers(randomBytes(32), { signal })) {
-            if (components.connectionManager.getConnections(peer.id).length === 0) metSomeoneNew = true
+            const id = peer.id.toString()
+            if (
+              !met.has(id) &&
+              !peer.id.equals(components.peerId) &&
+              components.connectionManager.getConnections(peer.id).length === 0
+            )
+              metSomeoneNew = true
+            if (met.size >= 4096) met.clear()
+            met.add(id)
             yield peer
           }
         } finally {

@@ -97,6 +97,7 @@ describe('the paced random walk', () => {
       connectionManager: {
         getConnections: (id: PeerId) => (connected.has(id.toString()) ? [{}] : []),
       } as unknown as ConnectionManager,
+      peerId: peerIdFromString(generateIdentity().id),
     }
     const throttle = walkThrottle({ minGapMs: 40, maxGapMs: 400 })(components)
     throttle.start()
@@ -114,8 +115,13 @@ describe('the paced random walk', () => {
       // then 400 ms gaps, ~5–6 queries in a second (shared by both walkers).
       assert.ok(queries >= 3 && queries <= 8, `${queries} queries in 1 s`)
       assert.equal(throttle.gapMs, 400)
-      // Someone new appears in the DHT: the next query meets them and the gap resets.
+      // A known peer we are not connected to (say, undialable) is no news: the gap stays long.
       connected.delete(ids[0]!.toString())
+      const before = throttle.queries
+      await waitFor(() => throttle.queries > before, 'another query', 2_000)
+      assert.equal(throttle.gapMs, 400)
+      // Someone new appears in the DHT: the next query meets them and the gap resets.
+      ids.push(peerIdFromString(generateIdentity().id))
       await waitFor(() => throttle.gapMs === 40, 'the gap to reset', 2_000)
       for (const w of walkers) w.abort()
       await Promise.all(done)
