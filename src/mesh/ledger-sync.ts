@@ -214,6 +214,10 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   let ownOps: Uint8Array[] = []
   let ownOpsBytes = 0
   let ownOpsOverflow = false
+  // What is adding ops right now (for the debug line that says where each change came from).
+  let cause: 'local' | 'push' | 'pull' = 'local'
+  let changeCause: 'local' | 'push' | 'pull' | undefined
+  let headsLog: NodeJS.Immediate | undefined
 
   const summary = (): HeadsSummary => {
     cached ??= summarizeHeads(ledger.log.heads())
@@ -290,6 +294,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         if (frame.t === 'forks') {
           for (const proof of frame.proofs) {
             try {
+              cause = 'pull'
               if (ledger.log.ingestForkProof(proof)) {
                 result.forks++
                 result.added++
@@ -298,11 +303,19 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
               if (!isLedgerError(err)) throw err
               if (!BENIGN.has(err.reason)) throw hostile(err)
               result.refused++
+            } finally {
+              cause = 'local'
             }
           }
           continue
         }
-        const ingested = ledger.log.ingestMany(frame.ops)
+        cause = 'pull'
+        let ingested: ReturnType<typeof ledger.log.ingestMany>
+        try {
+          ingested = ledger.log.ingestMany(frame.ops)
+        } finally {
+          cause = 'local'
+        }
         result.added += ingested.added
         result.forks += ingested.forks
         result.duplicates += ingested.duplicates
@@ -340,6 +353,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       more: false,
     }
     stats.pulls++
+    const startedAt = Date.now()
     try {
       for (let round = 0; round < maxRounds; round++) {
         const before = result.added
@@ -356,6 +370,14 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       throw error
     }
     for (const listener of listeners) listener(result)
+    if (result.added > 0) {
+      log.debug('ledger ops pulled', {
+        peer,
+        added: result.added,
+        sessions: result.sessions,
+        ms: Date.now() - startedAt,
+      })
+    }
     return result
   }
 
@@ -556,7 +578,13 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       let added = 0
       try {
         for (const op of theirs.ops) if (!sameAuthor(op, origin)) throw new Error('an op of another author')
-        const ingested = ledger.log.ingestMany(theirs.ops)
+        cause = 'push'
+        let ingested: ReturnType<typeof ledger.log.ingestMany>
+        try {
+          ingested = ledger.log.ingestMany(theirs.ops)
+        } finally {
+          cause = 'local'
+        }
         added = ingested.added
         const bad = ingested.refused.find(({ error }) => !BENIGN.has(error.reason))
         if (bad !== undefined) throw bad.error
@@ -605,8 +633,24 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     )
   }
 
+  // One debug line per batch of changes: what we hold now and where it came from (the
+  // convergence bench reads these to time each node's catching up).
+  const logHeads = () => {
+    headsLog = undefined
+    const s = summary()
+    log.debug('ledger heads', {
+      total: s.total,
+      authors: s.authors,
+      digest: Buffer.from(s.digest).toString('hex').slice(0, 16),
+      via: changeCause,
+    })
+    changeCause = undefined
+  }
+
   const onChange = (op?: LedgerOp) => {
     cached = undefined
+    changeCause = changeCause === undefined || changeCause === cause ? cause : changeCause
+    headsLog ??= setImmediate(logHeads)
     if (op !== undefined && op.author === self) {
       if (ownOps.length < MAX_ANNOUNCE_OPS && ownOpsBytes + op.bytes.length <= MAX_ANNOUNCE_OPS_BYTES) {
         ownOps.push(op.bytes)
@@ -667,6 +711,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
           if (peer !== undefined && speaksSync(peer.protocols)) requestSync(connection.remotePeer.toString())
         }
       }
+      headsLog ??= setImmediate(logHeads)
       interval = setInterval(() => {
         // Anti-entropy: a missed announcement costs at most one interval.
         void publish()
@@ -681,6 +726,8 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       clearInterval(interval)
       clearTimeout(pendingAnnounce)
       pendingAnnounce = undefined
+      if (headsLog !== undefined) clearImmediate(headsLog)
+      headsLog = undefined
       for (const state of peers.values()) clearTimeout(state.timer)
       peers.clear()
       queue.length = 0
