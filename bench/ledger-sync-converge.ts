@@ -263,6 +263,9 @@ try {
       lastMs: ms(Math.max(...others)),
       via,
     })
+    // A run that timed out still has stragglers catching up: let them (bounded), so the next
+    // run starts from one ledger and its totals mean what they say.
+    if (!ok) await converged(nodes, expected, RUN_TIMEOUT_MS)
     await sleep(300)
   }
   cpu.afterAppend = {
@@ -300,6 +303,7 @@ try {
       lastMs: ms(Math.max(...times)),
       via,
     })
+    if (!ok) await converged(nodes, expected, HEAL_TIMEOUT_MS)
     await sleep(300)
   }
   cpu.afterHeal = {

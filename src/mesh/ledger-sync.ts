@@ -82,8 +82,23 @@ export interface LedgerSyncInit {
   maxConcurrentPulls?: number
   /** Most pulls this node serves at once; beyond, E_LEDGER_SYNC_BUSY. */
   maxServing?: number
-  /** Shortest gap between two accepted announcements of one origin. */
+  /**
+   * Accepted announcements of one origin: one per this many ms on average, in bursts of at
+   * most `announcementBurst` (a loaded machine delivers honest ones in clumps).
+   */
   minAnnouncementGapMs?: number
+  announcementBurst?: number
+  /**
+   * How long a pull that an announcement asks for waits first (plus up to as much again at
+   * random): the eager push of the same ops usually lands meanwhile, and then no pull runs.
+   */
+  pullGraceMs?: number
+  /**
+   * After ops arrived by eager push, our own announcement waits this long (plus up to as
+   * much again at random): the flood already carried them, so 20 nodes re-announcing at
+   * once would only load the mesh; it is still made, for peers the flood missed.
+   */
+  relayAnnounceDelayMs?: number
   /** Pull from every peer that connects and speaks the protocol. */
   syncOnConnect?: boolean
 }
@@ -150,6 +165,8 @@ interface PeerState {
   hostileUntil: number
   /** The announced digest we last pulled everything for: no need to pull for it again. */
   pulledFor: Uint8Array | undefined
+  /** Pull only if the peer still announces heads we lack (the queued pull came from its announcement). */
+  onlyIfBehind: boolean
 }
 
 const BENIGN = new Set(['gap', 'future', 'frozen'])
@@ -180,6 +197,9 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   const maxConcurrentPulls = init.maxConcurrentPulls ?? 4
   const maxServing = init.maxServing ?? 8
   const minAnnouncementGapMs = init.minAnnouncementGapMs ?? 20
+  const announcementBurst = init.announcementBurst ?? 8
+  const pullGraceMs = init.pullGraceMs ?? 150
+  const relayAnnounceDelayMs = init.relayAnnounceDelayMs ?? 250
   const syncOnConnect = init.syncOnConnect ?? true
 
   const stats: LedgerSyncStats = {
@@ -208,6 +228,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   let cached: HeadsSummary | undefined
   let interval: NodeJS.Timeout | undefined
   let pendingAnnounce: NodeJS.Timeout | undefined
+  let pendingAnnounceAt = 0
   let lastAnnounce = 0
   let offChange: (() => void) | undefined
   // Our own ops since the last announcement, sent along with it while few and small.
@@ -401,20 +422,25 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         notBefore: 0,
         hostileUntil: 0,
         pulledFor: undefined,
+        onlyIfBehind: false,
       }
       peers.set(peer, state)
     }
     return state
   }
 
-  function requestSync(peer: string): void {
+  function requestSync(peer: string, announced?: { graceMs: number }): void {
     if (!running || peer === self) return
     const state = stateOf(peer)
+    // A pull for any other reason (a connect, the API) runs whatever the peer announces.
+    if (announced === undefined) state.onlyIfBehind = false
+    else if (!inflight.has(peer) && !state.queued && state.timer === undefined) state.onlyIfBehind = true
     if (inflight.has(peer) || state.queued) {
       state.again = true
       return
     }
     if (state.timer !== undefined) return
+    const grace = announced === undefined ? 0 : announced.graceMs * (1 + Math.random())
     state.timer = setTimeout(
       () => {
         state.timer = undefined
@@ -422,8 +448,18 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         queue.push(peer)
         pump()
       },
-      Math.max(0, state.notBefore - Date.now()),
+      Math.max(0, state.notBefore - Date.now(), grace),
     )
+  }
+
+  /** The peer announced heads we lack, and we have not pulled for that announcement yet. */
+  function behind(peer: string): boolean {
+    const theirs = announced.get(peer)?.summary
+    if (theirs === undefined) return false
+    const ours = summary()
+    if (sameDigest(theirs.digest, ours.digest) || theirs.total < ours.total) return false
+    const pulledFor = peers.get(peer)?.pulledFor
+    return pulledFor === undefined || !sameDigest(pulledFor, theirs.digest)
   }
 
   function pump(): void {
@@ -432,6 +468,13 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       const state = stateOf(peer)
       state.queued = false
       if (libp2p.getConnections(peerIdFromString(peer)).length === 0) continue
+      // Asked for by an announcement: skip it if what was announced arrived meanwhile (by
+      // eager push, or by a pull from another peer).
+      if (state.onlyIfBehind && !behind(peer)) {
+        state.onlyIfBehind = false
+        continue
+      }
+      state.onlyIfBehind = false
       activePulls++
       const digest = announced.get(peer)?.summary.digest
       syncWith(peer)
@@ -460,14 +503,9 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
 
   /** Pull from `peer` when its announced heads differ from ours and it may hold more. */
   function consider(peer: string): void {
-    const theirs = announced.get(peer)?.summary
-    if (theirs === undefined) return
-    const ours = summary()
-    if (sameDigest(theirs.digest, ours.digest) || theirs.total < ours.total) return
-    const pulledFor = peers.get(peer)?.pulledFor
-    if (pulledFor !== undefined && sameDigest(pulledFor, theirs.digest)) return
+    if (!behind(peer)) return
     if (libp2p.getConnections(peerIdFromString(peer)).length === 0) return
-    requestSync(peer)
+    requestSync(peer, { graceMs: pullGraceMs })
   }
 
   // ---- the responder -------------------------------------------------------------------
@@ -550,7 +588,8 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
 
   // ---- heads gossip --------------------------------------------------------------------
 
-  const lastAccepted = new Map<string, number>()
+  /** Per origin: announcement tokens left and when they were counted. */
+  const buckets = new Map<string, { tokens: number; at: number }>()
 
   const validate = (_from: PeerId, msg: Message): TopicValidatorResult => {
     if (msg.type !== 'signed') {
@@ -559,8 +598,15 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     }
     const origin = msg.from.toString()
     const now = Date.now()
-    // Cheap before anything else: one announcement per origin per gap is plenty.
-    if (now - (lastAccepted.get(origin) ?? 0) < minAnnouncementGapMs) {
+    // Cheap before anything else: one announcement per origin per gap on average is plenty,
+    // in small bursts (a loaded machine delivers honest ones in clumps; dropping the one that
+    // carries ops would cost every node behind us a pull).
+    const bucket = buckets.get(origin)
+    const tokens =
+      bucket === undefined
+        ? announcementBurst
+        : Math.min(announcementBurst, bucket.tokens + (now - bucket.at) / Math.max(1, minAnnouncementGapMs))
+    if (tokens < 1) {
       stats.announcementsDropped++
       return TopicValidatorResult.Ignore
     }
@@ -596,9 +642,9 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       }
       stats.pushedOpsAdded += added
     }
-    lastAccepted.delete(origin)
-    lastAccepted.set(origin, now)
-    if (lastAccepted.size > 8192) lastAccepted.delete(lastAccepted.keys().next().value ?? '')
+    buckets.delete(origin)
+    buckets.set(origin, { tokens: tokens - 1, at: now })
+    if (buckets.size > 8192) buckets.delete(buckets.keys().next().value ?? '')
     announced.delete(origin)
     announced.set(origin, { summary: theirs, at: now })
     if (announced.size > 8192) announced.delete(announced.keys().next().value ?? '')
@@ -622,15 +668,20 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     }
   }
 
-  function announce(): void {
-    if (!running || pendingAnnounce !== undefined) return
-    pendingAnnounce = setTimeout(
-      () => {
-        pendingAnnounce = undefined
-        void publish()
-      },
-      Math.max(0, lastAnnounce + minAnnounceGapMs - Date.now()),
-    )
+  /** Announces our heads in `delayMs` at the earliest (sooner if already asked sooner). */
+  function announce(delayMs = 0): void {
+    if (!running) return
+    const now = Date.now()
+    const at = Math.max(now + delayMs, lastAnnounce + minAnnounceGapMs)
+    if (pendingAnnounce !== undefined) {
+      if (pendingAnnounceAt <= at) return
+      clearTimeout(pendingAnnounce)
+    }
+    pendingAnnounceAt = at
+    pendingAnnounce = setTimeout(() => {
+      pendingAnnounce = undefined
+      void publish()
+    }, at - now)
   }
 
   // One debug line per batch of changes: what we hold now and where it came from (the
@@ -649,7 +700,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
 
   const onChange = (op?: LedgerOp) => {
     cached = undefined
-    changeCause = changeCause === undefined || changeCause === cause ? cause : changeCause
+    changeCause ??= cause
     headsLog ??= setImmediate(logHeads)
     if (op !== undefined && op.author === self) {
       if (ownOps.length < MAX_ANNOUNCE_OPS && ownOpsBytes + op.bytes.length <= MAX_ANNOUNCE_OPS_BYTES) {
@@ -657,7 +708,9 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         ownOpsBytes += op.bytes.length
       } else ownOpsOverflow = true
     }
-    announce()
+    // Ops that came by eager push were flooded to everyone already: say so a little later,
+    // and in one announcement (others' copies of the flood arrive meanwhile).
+    announce(cause === 'push' ? relayAnnounceDelayMs * (1 + Math.random()) : 0)
   }
 
   const speaksSync = (protocols: readonly string[]) => protocols.includes(LEDGER_SYNC_PROTOCOL)
@@ -712,18 +765,27 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         }
       }
       headsLog ??= setImmediate(logHeads)
-      interval = setInterval(() => {
-        // Anti-entropy: a missed announcement costs at most one interval.
-        void publish()
-      }, announceIntervalMs)
-      interval.unref()
+      // Anti-entropy: a missed announcement costs at most one interval. Jittered (±25%), so
+      // that nodes started together do not announce, and pull from one another, in step.
+      const tick = () => {
+        interval = setTimeout(
+          () => {
+            if (!running) return
+            void publish()
+            tick()
+          },
+          announceIntervalMs * (0.75 + Math.random() / 2),
+        )
+        interval.unref()
+      }
+      tick()
       announce()
     },
     async stop() {
       if (!running) return
       running = false
       stopping.abort(new SubstrateError('E_CANCELLED', 'ledger sync is stopping'))
-      clearInterval(interval)
+      clearTimeout(interval)
       clearTimeout(pendingAnnounce)
       pendingAnnounce = undefined
       if (headsLog !== undefined) clearImmediate(headsLog)

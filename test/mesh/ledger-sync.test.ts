@@ -456,4 +456,59 @@ describe("ledger sync: eager push of a node's own ops with its announcement", ()
     assert.equal(b.ledger.log.heads().vector.size, 0)
     assert.equal(b.sync.stats().pushedOpsAdded, 0)
   })
+
+  test('announcements of one origin arriving in a clump are taken (the one with the op too); a flood is dropped', async () => {
+    // b never pulls: only the announcement itself can bring a's op.
+    const b = await peer({ init: { ...manual, maxConcurrentPulls: 0 } })
+    const a = await peer({ init: { ...manual, minAnnounceGapMs: 0 } })
+    await connect(b, a)
+    await waitFor(
+      () => a.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscribed',
+    )
+    await sleep(1_500)
+    const before = b.sync.stats()
+    // Back to back, as a loaded machine delivers them: an announcement, then the one carrying a new op.
+    a.sync.announce()
+    await sleep(1)
+    const op = a.ledger.append(a.identity, genesisOp())
+    await waitFor(
+      () => b.ledger.log.heads().vector.get(a.identity.id)?.head === op.cid,
+      'the op at b',
+      10_000,
+    )
+    assert.equal(b.sync.stats().announcementsDropped, before.announcementsDropped)
+    // Far over the average rate: most of it is dropped before it is decoded.
+    const summary = a.sync.summary()
+    for (let i = 0; i < 60; i++) {
+      await a.mesh.libp2p.services.pubsub.publish(
+        LEDGER_HEADS_TOPIC,
+        encodeAnnouncement({ ...summary, total: summary.total + i }),
+      )
+    }
+    await waitFor(() => b.sync.stats().announcementsDropped >= 30, 'flood dropped', 10_000)
+    assert.equal(b.sync.stats().pulls, 0)
+  })
+
+  test('a pull an announcement asked for is skipped when its ops arrived meanwhile', async () => {
+    const b = await peer({ init: { ...manual, pullGraceMs: 400 } })
+    const a = await peer({ init: manual })
+    await connect(b, a)
+    await waitFor(
+      () => a.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscribed',
+    )
+    await sleep(1_500)
+    // Too many ops to ride along: the announcement only says a holds more, and b asks for a pull.
+    const heard = b.sync.stats().announcementsAccepted
+    for (let i = 0; i < 6; i++) a.ledger.append(a.identity, genesisOp())
+    await waitFor(() => b.sync.stats().announcementsAccepted > heard, 'announcement at b')
+    assert.equal(b.sync.stats().pulls, 0, 'the announced pull waits out its grace first')
+    // Within the grace, the ops come another way (here: a pull asked for directly).
+    const direct = await b.sync.syncWith(a.mesh.peerId)
+    assert.equal(direct.added, 6)
+    await sleep(1_200)
+    assert.equal(b.sync.stats().pulls, 1, 'the announced pull ran although nothing was missing')
+    assert.ok(converged([a, b])())
+  })
 })
