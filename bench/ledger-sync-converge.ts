@@ -28,7 +28,9 @@
 //   node bench/ledger-sync-converge.ts [nodes=20] [runs=10]
 // Needs root and iproute2 (network namespaces).
 
-import { readFileSync } from 'node:fs'
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { type DaemonProcess, startDaemonProcess, stopAllDaemons } from '../test/helpers/daemon-process.ts'
 import {
@@ -166,7 +168,11 @@ let startSeconds = 0
 let firstConvergeMs: number | null = null
 let abort: string | undefined
 
+// Every daemon's log (debug level), kept for a look at what a slow run did.
+const logDir = join(tmpdir(), `ledger-converge-logs-${process.pid}`)
 const stopEverything = async () => {
+  mkdirSync(logDir, { recursive: true })
+  for (const n of nodes) writeFileSync(join(logDir, `node-${n.index}.log`), n.daemon.stderr())
   for (const n of nodes) n.daemon.child.kill('SIGTERM')
   await stopAllDaemons()
   await deleteNamespaces([...ns])
@@ -346,6 +352,7 @@ const summary = {
   pulls: { count: pullMs.length, p50Ms: ms(pct(pullMs, 0.5)), p99Ms: ms(pct(pullMs, 0.99)) },
   targetMs: 3000,
   wallSeconds: Math.round((Date.now() - started) / 1000),
+  daemonLogs: logDir,
 }
 console.log(JSON.stringify(summary, null, 2))
 console.error(
