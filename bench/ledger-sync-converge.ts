@@ -164,8 +164,10 @@ function arrivals(nodes: Node[], total: number, from: number) {
 }
 
 const load: Array<{ phase: string; at: number; load: string }> = []
-const mark = (phase: string) =>
+const mark = (phase: string) => {
   load.push({ phase, at: Math.round((Date.now() - started) / 1000), load: loadAverage() })
+  console.error(`${new Date().toISOString()} ${phase} (load ${loadAverage()})`)
+}
 
 const nodes: Node[] = []
 const plain: number[] = []
