@@ -160,6 +160,8 @@ interface PeerState {
   timer: NodeJS.Timeout | undefined
   queued: boolean
   again: boolean
+  /** The pull after this one was asked for by announcements only. */
+  againIfBehind: boolean
   notBefore: number
   /** Until when the peer is left alone for having been hostile (a reconnect does not lift it). */
   hostileUntil: number
@@ -419,6 +421,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         timer: undefined,
         queued: false,
         again: false,
+        againIfBehind: false,
         notBefore: 0,
         hostileUntil: 0,
         pulledFor: undefined,
@@ -435,7 +438,13 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     // A pull for any other reason (a connect, the API) runs whatever the peer announces.
     if (announced === undefined) state.onlyIfBehind = false
     else if (!inflight.has(peer) && !state.queued && state.timer === undefined) state.onlyIfBehind = true
-    if (inflight.has(peer) || state.queued) {
+    // Queued: that pull will run from the latest heads anyway.
+    if (state.queued) return
+    if (inflight.has(peer)) {
+      // Another pull after this one; only if still behind then, when only announcements asked.
+      state.againIfBehind = state.again
+        ? state.againIfBehind && announced !== undefined
+        : announced !== undefined
       state.again = true
       return
     }
@@ -481,7 +490,10 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         .then((result) => {
           state.notBefore = Date.now() + minSyncGapMs
           if (!result.more) state.pulledFor = digest
-          if (result.more) state.again = true
+          if (result.more) {
+            state.again = true
+            state.againIfBehind = false
+          }
         })
         .catch((err: unknown) => {
           const error = toSubstrateError(err)
@@ -494,7 +506,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
           activePulls--
           if (state.again) {
             state.again = false
-            requestSync(peer)
+            requestSync(peer, state.againIfBehind ? { graceMs: 0 } : undefined)
           }
           pump()
         })

@@ -360,11 +360,14 @@ describe('ledger sync: faults', () => {
     const stall = await script(async () => {
       await sleep(5_000)
     })
-    const b = await peer({ init: { ...manual, sessionTimeoutMs: 800, frameTimeoutMs: 400 } })
+    // Two pullers, so that each limit is the only one that can fire: frames 100 ms apart can
+    // arrive seconds apart on a loaded machine, which must not read as a stall.
+    const b = await peer({ init: { ...manual, sessionTimeoutMs: 800, frameTimeoutMs: 5_000 } })
+    const c = await peer({ init: { ...manual, sessionTimeoutMs: 30_000, frameTimeoutMs: 400 } })
     await connect(b, { mesh: trickle })
-    await connect(b, { mesh: stall })
+    await connect(c, { mesh: stall })
     await assert.rejects(b.sync.syncWith(trickle.peerId), rejectsWith('E_LEDGER_SYNC_LIMIT'))
-    await assert.rejects(b.sync.syncWith(stall.peerId), rejectsWith('E_PEER_TIMEOUT'))
+    await assert.rejects(c.sync.syncWith(stall.peerId), rejectsWith('E_PEER_TIMEOUT'))
   })
 
   test('stale or lying heads announcements cost at most one pull per announced digest', async () => {
