@@ -43,6 +43,10 @@ export const errorTable = {
   E_LEDGER_BAD_MEMBER: { status: 400, exit: 15 },
   E_LEDGER_BAD_QUERY: { status: 400, exit: 15 },
   E_LEDGER_INCONSISTENT: { status: 500, exit: 15 },
+  /** This node's member is frozen by a fork proof: nothing it signs counts, so it signs nothing. */
+  E_LEDGER_FROZEN: { status: 409, exit: 15 },
+  /** This member already vouched for that member: a second vouch would change nothing. */
+  E_LEDGER_ALREADY_VOUCHED: { status: 409, exit: 15 },
   /** A ledger sync session reached its cap on ops, bytes or time (the rest comes next session). */
   E_LEDGER_SYNC_LIMIT: { status: 502, exit: 14 },
   /** A ledger sync peer sent ops no honest peer holds (forged, broken chain, malformed). */

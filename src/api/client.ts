@@ -17,6 +17,7 @@ import type {
   LedgerOpInfo,
   LedgerStatsResponse,
   LedgerVerifyResponse,
+  LedgerVouchResponse,
   OllamaModelDetails,
   OllamaPsModel,
   OllamaTagsModel,
@@ -342,6 +343,9 @@ export function createClient(init: ClientInit) {
       json<LedgerVerifyResponse>('GET', '/substrate/v1/ledger/verify', undefined, call),
     ledgerStats: (call?: Call) =>
       json<LedgerStatsResponse>('GET', '/substrate/v1/ledger/stats', undefined, call),
+    /** signs this node's member's vouch for another member (ledger op `vouch`) */
+    vouch: (member: string, call?: Call) =>
+      json<LedgerVouchResponse>('POST', '/substrate/v1/ledger/vouch', { member }, call),
     runners: (call?: Call) =>
       json<{ runners: RunnerInfo[] }>('GET', '/substrate/v1/runners', undefined, call),
     /** `path` is read by the daemon, so it must be absolute (the daemon's cwd is not ours). */

@@ -18,6 +18,7 @@ import type {
   LedgerOpInfo,
   LedgerStatsResponse,
   LedgerVerifyResponse,
+  LedgerVouchResponse,
 } from './types.ts'
 
 export interface LedgerRouteComponents {
@@ -152,10 +153,44 @@ export function ledgerRoutes(c: LedgerRouteComponents): Route[] {
         const { member } = await readJson(req, vouchBody)
         const target = memberId(member, 'member')
         if (c.vouch === undefined)
-          throw new SubstrateError('E_NOT_FOUND', 'this node holds no member key to vouch with')
+          throw new SubstrateError('E_NOT_FOUND', 'this node holds no member key to vouch with', {
+            hint: "vouch from a node that holds the member's key",
+          })
         if (target === c.member)
-          throw new SubstrateError('E_INVALID_ARGUMENT', 'a member cannot vouch for itself')
-        sendJson(res, 200, { member: target, voucher: c.member, ...c.vouch(target) })
+          throw new SubstrateError('E_INVALID_ARGUMENT', 'a member cannot vouch for itself', {
+            hint: 'vouch for another member, one whose owner you know',
+          })
+        if (c.ledger.log.isFrozen(c.member)) {
+          throw new SubstrateError(
+            'E_LEDGER_FROZEN',
+            `this node's member ${c.member} is frozen by a fork proof`,
+            {
+              hint: "nothing it signs counts; 'substrate ledger stats' lists frozen authors",
+            },
+          )
+        }
+        if (c.ledger.vouchersOf(target).includes(c.member)) {
+          throw new SubstrateError(
+            'E_LEDGER_ALREADY_VOUCHED',
+            `this node's member already vouched for ${target}`,
+            {
+              hint: `a second vouch changes nothing; 'substrate ledger log --author ${c.member}' shows it`,
+            },
+          )
+        }
+        // Only the CID and seq: the node's vouch() hands back the whole op, bytes and all.
+        const { cid, seq } = c.vouch(target)
+        const after = c.ledger.balanceOf(target)
+        const body: LedgerVouchResponse = {
+          member: target,
+          voucher: c.member,
+          cid,
+          seq,
+          vouchers: c.ledger.vouchersOf(target),
+          vouched: after.vouched,
+          floorPerDay: after.floorPerDay,
+        }
+        sendJson(res, 200, body)
       },
     },
     {

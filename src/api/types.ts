@@ -301,6 +301,20 @@ export interface LedgerOpInfo {
   facts: Record<string, unknown>
 }
 
+/** POST /substrate/v1/ledger/vouch: the vouch op this node's member signed, and its effect. */
+export interface LedgerVouchResponse {
+  /** the member vouched for, and the member who signed the vouch (this node's) */
+  member: string
+  voucher: string
+  /** the vouch op: its CID and its seq in the voucher's log */
+  cid: string
+  seq: number
+  /** after this op: every member that vouched for `member`, and whether it now has the full floor */
+  vouchers: string[]
+  vouched: boolean
+  floorPerDay: number
+}
+
 export interface LedgerStatsResponse {
   node: string
   member: string

@@ -1,8 +1,14 @@
 // `substrate credits` (a member's balance, what today's floor still covers, earned, spent,
-// and the receipts behind each figure) and `substrate ledger log|verify|stats`. Everything
-// comes from the daemon's native API (routes-ledger.ts); this only renders it.
+// and the receipts behind each figure) and `substrate ledger log|verify|stats|vouch`.
+// Everything comes from the daemon's native API (routes-ledger.ts), which also checks every
+// id; this only renders it.
 
-import type { CreditsResponse, LedgerOpInfo, LedgerVerifyResponse } from '../api/types.ts'
+import type {
+  CreditsResponse,
+  LedgerOpInfo,
+  LedgerVerifyResponse,
+  LedgerVouchResponse,
+} from '../api/types.ts'
 import { SubstrateError } from '../errors.ts'
 import { type Command, table, writeJson } from './render.ts'
 
@@ -144,30 +150,52 @@ export function verifyText(v: LedgerVerifyResponse): string {
   return head + problems + mismatched
 }
 
-const SUBCOMMANDS = ['log', 'verify', 'stats'] as const
+export function vouchText(v: LedgerVouchResponse): string {
+  const others = v.vouchers.length - 1
+  return [
+    `vouched for  ${v.member}`,
+    `by           ${v.voucher} (this node's member)`,
+    `op           ${v.cid} (seq ${v.seq} of its log; ledger sync spreads it)`,
+    `vouches      ${others === 0 ? 'yours' : `yours and ${others} more`}`,
+    v.vouched
+      ? `floor        ${v.floorPerDay} credits a day: vouched, the full floor`
+      : `floor        ${v.floorPerDay} credits a day: not vouched yet (more vouches from members are needed)`,
+    '',
+  ].join('\n')
+}
+
+const SUBCOMMANDS = ['log', 'verify', 'stats', 'vouch'] as const
 
 const ledger: Command = {
-  usage: 'substrate ledger log|verify|stats [--author ID] [--limit N]',
+  usage: 'substrate ledger log|verify|stats|vouch MEMBER [--author ID] [--limit N]',
   description:
     "Looks at this node's copy of the credits ledger: a hash-chained log of signed ops per author\n" +
     '(member genesis, node bindings, receipts, spot checks, fraud proofs, vouches), merged from\n' +
-    'every peer it synced with.\n' +
+    "every peer it synced with; or adds this node's member's vouch for another member.\n" +
     '  log     the newest ops first (--author ID: one log only; --limit N, 1-1000, default 50)\n' +
     '  verify  re-checks every stored op (signature, chain, facts) and folds the whole ledger cold,\n' +
     '          comparing with the live balances; exits non-zero when anything fails\n' +
     '  stats   how many ops, authors, members and receipts; frozen authors; a digest of the heads\n' +
-    '          (two nodes with the same digest hold the same ledger)',
+    '          (two nodes with the same digest hold the same ledger)\n' +
+    '  vouch MEMBER\n' +
+    "          signs this node's member's vouch for MEMBER (a 12D3KooW… id, as 'substrate id'\n" +
+    '          shows it) into its log; ledger sync spreads it. Membership is by vouching: a vouched\n' +
+    '          member gets the full daily floor (a key nobody vouched for gets a quarter of it),\n' +
+    "          and only a vouched member's fraud proofs stop a cheating worker's receipts from\n" +
+    '          counting. Anyone can make a key, so vouch only for people you know. Not for\n' +
+    '          yourself; once per member is enough; a vouch cannot be taken back.',
   examples: [
     'substrate ledger log --limit 10',
     'substrate ledger log --author 12D3KooW… --json',
     'substrate ledger verify',
     'substrate ledger stats --json',
+    'substrate ledger vouch 12D3KooW…',
   ],
   flags: {
     author: { type: 'string', value: 'ID', help: 'log: only the ops of this author' },
     limit: { type: 'string', value: 'N', help: 'log: at most N ops (1-1000, default 50)' },
   },
-  args: { min: 1, max: 1 },
+  args: { min: 1, max: 2 },
   async run(ctx, { values, positionals }) {
     const sub = positionals[0] as (typeof SUBCOMMANDS)[number]
     if (!SUBCOMMANDS.includes(sub)) {
@@ -177,6 +205,23 @@ const ledger: Command = {
     }
     if (sub !== 'log' && (values.author !== undefined || values.limit !== undefined)) {
       throw new SubstrateError('E_INVALID_ARGUMENT', `--author and --limit are for 'ledger log' only`)
+    }
+    const member = positionals[1]
+    if (sub === 'vouch') {
+      if (member === undefined) {
+        throw new SubstrateError('E_INVALID_ARGUMENT', "'ledger vouch' needs the MEMBER to vouch for", {
+          hint: "usage: substrate ledger vouch MEMBER (their 'substrate id')",
+        })
+      }
+      const vouch = await (await ctx.daemon()).vouch(member)
+      if (ctx.json) return writeJson(ctx.io.stdout, vouch)
+      ctx.io.stdout.write(vouchText(vouch))
+      return
+    }
+    if (member !== undefined) {
+      throw new SubstrateError('E_INVALID_ARGUMENT', `unexpected argument '${member}' to 'ledger ${sub}'`, {
+        hint: "see 'substrate help ledger'",
+      })
     }
     const client = await ctx.daemon()
     const out = ctx.io.stdout

@@ -33,7 +33,10 @@ export const commandIndex: Record<string, { summary: string; load: Loader }> = {
     summary: "Show a member's credits: balance, today's floor, earned, spent, and why",
     load: credits,
   },
-  ledger: { summary: 'Look at the credits ledger: log, verify, stats', load: credits },
+  ledger: {
+    summary: 'Look at the credits ledger (log, verify, stats), or vouch for a member',
+    load: credits,
+  },
   stop: { summary: 'Unload a model from memory', load: models },
   rm: { summary: 'Remove a model', load: models },
   info: { summary: "Show this machine's hardware as the daemon sees it", load: node },

@@ -52,6 +52,8 @@ export interface Ledger {
   balanceOf(member: string): MemberBalance
   balances(): MemberBalance[]
   explain(member: string): BalanceExplanation
+  /** The authors of a vouch op for `member`, whether or not their vouch counts yet. */
+  vouchersOf(member: string): string[]
   /** What a worker's queue needs to know about a requester node. */
   standingOf(node: string): Standing
   /** Writes a checkpoint now. */
@@ -172,6 +174,7 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
     balanceOf: (member) => memberBalance(state, member, now()),
     balances: () => allBalances(state, now()),
     explain: (member) => explainBalance(state, member, now()),
+    vouchersOf: (member) => [...(state.vouches.get(member) ?? [])],
     standingOf,
     checkpoint,
     onChange(listener) {

@@ -1,23 +1,30 @@
 // The credits and ledger routes and commands on a real daemon: its own membership ops, a
-// receipt it logged as worker for a stranger, and every kind of bad query.
+// receipt it logged as worker for a stranger, vouching for other members, and every kind of
+// bad query.
 
 import assert from 'node:assert/strict'
 import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import { createClient } from '../../src/api/client.ts'
+import { sendJson } from '../../src/api/http.ts'
+import { ledgerRoutes } from '../../src/api/routes-ledger.ts'
+import { createApiServer } from '../../src/api/server.ts'
 import type {
   CreditsResponse,
   LedgerBalancesResponse,
   LedgerOpInfo,
   LedgerStatsResponse,
   LedgerVerifyResponse,
+  LedgerVouchResponse,
 } from '../../src/api/types.ts'
 import { parseConfig } from '../../src/config/schema.ts'
 import { SubstrateError } from '../../src/errors.ts'
 import { generateIdentity, loadOrCreateIdentity } from '../../src/identity/keys.ts'
+import { DEFAULT_LEDGER_PARAMS } from '../../src/ledger/balances.ts'
+import { createLedger } from '../../src/ledger/ledger.ts'
 import { createLedgerLog } from '../../src/ledger/log.ts'
-import { createLogger } from '../../src/logger.ts'
+import { createLogger, silentLogger } from '../../src/logger.ts'
 import { createNode } from '../../src/node.ts'
 import { openDatabase } from '../../src/store/database.ts'
 import { runCli, startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
@@ -215,6 +222,139 @@ describe('credits and ledger on a daemon', () => {
     assert.equal(help.code, 0)
     assert.match(help.out, /Usage: substrate ledger log\|verify\|stats/)
   })
+
+  // After the test above: its op counts are of a ledger without vouches.
+  test('substrate ledger vouch gives another member the full floor, and says what it signed', async () => {
+    const credits = async (member: string) => {
+      const run = await cli(t, ['credits', member, '--json'])
+      assert.equal(run.code, 0, run.err)
+      return (JSON.parse(run.out) as CreditsResponse).balance
+    }
+    const full = DEFAULT_LEDGER_PARAMS.floorPerDay
+    const quarter = (full * DEFAULT_LEDGER_PARAMS.unvouchedFloorPercent) / 100
+    const before = await credits(stranger.id)
+    assert.equal(before.vouched, false)
+    assert.equal(before.floorPerDay, quarter)
+    assert.equal(before.spent, 360)
+
+    const run = await cli(t, ['ledger', 'vouch', stranger.id])
+    assert.equal(run.code, 0, run.err)
+    const [signed] = (
+      await get<{ ops: LedgerOpInfo[] }>(`/substrate/v1/ledger/log?author=${t.node.identity.id}&limit=1`)
+    ).body.ops
+    assert.equal(signed?.kind, 'vouch')
+    assert.equal(signed.facts.member, stranger.id)
+    assert.equal(signed.seq, 4) // after genesis, binding and the receipt
+    assert.match(run.out, new RegExp(`^vouched for  ${stranger.id}$`, 'm'))
+    assert.match(run.out, new RegExp(`^op {11}${signed.cid} \\(seq 4 `, 'm'))
+    assert.match(run.out, new RegExp(`^floor {8}${full} credits a day: vouched`, 'm'))
+
+    // DESIGN.md: a member vouched into the members' chamber counts for the (full) floor.
+    const after = await credits(stranger.id)
+    assert.equal(after.vouched, true)
+    assert.equal(after.floorPerDay, full)
+    assert.equal(after.floorLeftToday, full - 360)
+    assert.equal(after.balance, 0)
+    assert.equal((await credits(t.node.identity.id)).vouched, false, 'vouching does not vouch back')
+
+    // --json prints the API body.
+    const newcomer = generateIdentity()
+    const json = await cli(t, ['ledger', 'vouch', newcomer.id, '--json'])
+    assert.equal(json.code, 0, json.err)
+    const body = JSON.parse(json.out) as LedgerVouchResponse
+    assert.deepEqual(
+      { ...body, cid: typeof body.cid },
+      {
+        member: newcomer.id,
+        voucher: t.node.identity.id,
+        cid: 'string',
+        seq: 5,
+        vouchers: [t.node.identity.id],
+        vouched: true,
+        floorPerDay: full,
+      },
+    )
+    const ok = await cli(t, ['ledger', 'verify'])
+    assert.equal(ok.code, 0, ok.err)
+    assert.match(ok.out, /^ok: 255 ops of 2 authors/)
+  })
+
+  test('substrate ledger vouch refuses a second vouch, itself, a non-id and a missing member, in one line each', async () => {
+    const cases: Array<[string[], number, RegExp]> = [
+      [['ledger', 'vouch', stranger.id], 15, /^Error: this node's member already vouched for 12D3KooW\w+$/],
+      [['ledger', 'vouch', t.node.identity.id], 2, /^Error: a member cannot vouch for itself$/],
+      [['ledger', 'vouch', 'alice'], 15, /^Error: member 'alice' is not an Ed25519 peer id$/],
+      [['ledger', 'vouch', '12D3KooWnotakey'], 15, /not an Ed25519 peer id$/],
+      [['ledger', 'vouch'], 2, /^Error: 'ledger vouch' needs the MEMBER to vouch for$/],
+      [['ledger', 'vouch', stranger.id, stranger.id], 2, /^Error: unexpected argument/],
+      [['ledger', 'stats', stranger.id], 2, /^Error: unexpected argument '12D3KooW\w+' to 'ledger stats'$/],
+    ]
+    const opsBefore = (await get<LedgerStatsResponse>('/substrate/v1/ledger/stats')).body.ops
+    for (const [argv, code, line] of cases) {
+      const run = await cli(t, argv)
+      assert.equal(run.code, code, `${argv.join(' ')}: ${run.err}`)
+      const [first, ...rest] = run.err.trimEnd().split('\n')
+      assert.match(first ?? '', line, argv.join(' '))
+      assert.ok(
+        rest.every((l) => l.startsWith('hint: ')),
+        run.err,
+      )
+      assert.equal(run.out, '')
+    }
+    assert.equal((await get<LedgerStatsResponse>('/substrate/v1/ledger/stats')).body.ops, opsBefore)
+    // The API client raises the same typed errors.
+    const client = createClient({ baseUrl: t.url })
+    await assert.rejects(
+      client.vouch(stranger.id),
+      (e: unknown) => e instanceof SubstrateError && e.code === 'E_LEDGER_ALREADY_VOUCHED',
+    )
+
+    const help = await cli(t, ['ledger', 'vouch', '--help'])
+    assert.equal(help.code, 0, help.err)
+    assert.match(help.out, /vouch MEMBER/)
+    assert.match(help.out, /Membership is by vouching: a vouched\n\s+member gets the full daily floor/)
+    assert.match(help.out, /only a vouched member's fraud proofs/)
+    assert.match(help.out, /vouch only for people you know/)
+  })
+})
+
+describe('a daemon without a member key', () => {
+  test('substrate ledger vouch says so (E_NOT_FOUND, exit 4)', async (ctx) => {
+    // createNode always holds its member key, so this is the ledger routes alone, without
+    // `vouch`, on a real ledger; plus the status route the CLI asks first.
+    const home = tempHome()
+    const db = openDatabase(join(home, 'substrate.db'))
+    const ledger = createLedger({ db })
+    ledger.start()
+    const id = generateIdentity().id
+    const api = createApiServer(
+      {
+        logger: silentLogger,
+        routes: [
+          {
+            method: 'GET',
+            path: '/substrate/v1/status',
+            handler: async (_req, res) => sendJson(res, 200, { node: id }),
+          },
+          ...ledgerRoutes({ db, ledger, node: id, member: id }),
+        ],
+      },
+      { host: '127.0.0.1', port: 0 },
+    )
+    await api.start()
+    ctx.after(async () => {
+      await api.stop()
+      ledger.stop()
+      db.close()
+      rmSync(home, { recursive: true, force: true })
+    })
+    const node = { url: api.url, home } as TestNode
+    const run = await cli(node, ['ledger', 'vouch', generateIdentity().id])
+    assert.equal(run.code, 4, run.err)
+    assert.match(run.err, /^Error: this node holds no member key to vouch with\n/)
+    const bad = await cli(node, ['ledger', 'vouch', 'alice'])
+    assert.equal(bad.code, 15, bad.err)
+  })
 })
 
 describe('a daemon whose own chain is frozen', () => {
@@ -254,6 +394,14 @@ describe('a daemon whose own chain is frozen', () => {
       const body = (await res.json()) as CreditsResponse
       assert.equal(body.balance.frozen, true)
       assert.equal(body.balance.member, identity.id)
+      // Nothing it signs would count, so it does not vouch either.
+      const vouch = await runCli({ url: node.api.url, home } as TestNode, [
+        'ledger',
+        'vouch',
+        generateIdentity().id,
+      ])
+      assert.equal(vouch.code, 15, vouch.err)
+      assert.match(vouch.err, /^Error: this node's member 12D3KooW\w+ is frozen by a fork proof\n/)
     } finally {
       await node.stop()
       rmSync(home, { recursive: true, force: true })
