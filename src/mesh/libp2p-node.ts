@@ -10,14 +10,13 @@
 // limits on reservations and on each relayed connection. The peer store lives on disk when
 // `datastorePath` is set, so a restart reconnects to known peers without bootstrap.
 
-import { createHash } from 'node:crypto'
 import { noise } from '@chainsafe/libp2p-noise'
 import { autoNATv2 } from '@libp2p/autonat-v2'
 import { bootstrap } from '@libp2p/bootstrap'
 import { type CircuitRelayService, circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
 import { dcutr } from '@libp2p/dcutr'
-import { type GossipSub, gossipsub, type Message } from '@libp2p/gossipsub'
+import { type GossipSub, gossipsub } from '@libp2p/gossipsub'
 import { createTopicScoreParams } from '@libp2p/gossipsub/score'
 import { type Identify, identify } from '@libp2p/identify'
 import type { PeerId } from '@libp2p/interface'
@@ -74,7 +73,7 @@ export type MeshLibp2p = Libp2p<MeshServices>
 
 /**
  * gossipsub tuned for meshes of a few to a few dozen nodes (its defaults, D 6 / Dlo 4 / Dhi 12 /
- * Dlazy 6, flood publishing and 44-byte message ids, suit networks of thousands). Measured
+ * Dlazy 6 and flood publishing, suit networks of thousands). Measured
  * with `bench/mesh-discovery.ts` (BENCHMARKS.md, "Discovery and gossip cost"):
  * - Each node forwards every message it receives to its mesh peers, so each message crosses
  *   ~N·D links and costs each node about D copies in and out: the mesh degree multiplies every
@@ -83,9 +82,9 @@ export type MeshLibp2p = Libp2p<MeshServices>
  * - Our own messages go to our mesh peers like any other, not to every peer (flood
  *   publishing sent each record N − 1 times at its source).
  * - IHAVE (every heartbeat, to Dlazy peers, the ids of the messages of the last mcacheGossip
- *   heartbeats) costs Dlazy × messages/s × mcacheGossip × id size per node: 2, 2 and 20-byte
- *   ids (sha-256 of the default id, origin key + seqno, cut to 160 bits) instead of 6, 3, 44.
- * Every node of a mesh must use the same message ids (IHAVE/IWANT name messages by them).
+ *   heartbeats) costs Dlazy × messages/s × mcacheGossip × id size per node: 2 and 2 instead
+ *   of 6 and 3. (Shorter message ids were tried and dropped: with them ledger sync's
+ *   lying-heads test pulled 3 times for one lie instead of ≤ 2, not understood in time.)
  */
 export const SMALL_MESH_GOSSIP = {
   D: 3,
@@ -96,20 +95,7 @@ export const SMALL_MESH_GOSSIP = {
   Dlazy: 2,
   mcacheGossip: 2,
   floodPublish: false,
-  msgIdFn: shortMessageId,
 } as const
-
-/** sha-256(origin public key ‖ seqno) cut to 20 bytes: unique per message like the default. */
-function shortMessageId(msg: Message): Uint8Array {
-  if (msg.type !== 'signed') return createHash('sha256').update(msg.data).digest().subarray(0, 20)
-  const seqno = Buffer.alloc(8)
-  seqno.writeBigUInt64BE(BigInt.asUintN(64, msg.sequenceNumber))
-  return createHash('sha256')
-    .update(msg.from.publicKey?.raw ?? msg.from.toMultihash().bytes)
-    .update(seqno)
-    .digest()
-    .subarray(0, 20)
-}
 
 export interface RelayServeInit {
   /** Reservations this relay holds at once. */
