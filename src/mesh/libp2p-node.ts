@@ -47,6 +47,7 @@ import {
   type WalkThrottle,
   walkThrottle,
 } from './libp2p-services.ts'
+import { createNoiseCrypto } from './noise-crypto.ts'
 import { createTrafficMeter, type TrafficSnapshot } from './traffic-meter.ts'
 
 /** Every mesh protocol id starts with this, so a Substrate DHT never merges with IPFS's. */
@@ -214,7 +215,8 @@ export async function createMeshNode(
       peerStore: { maxAddressAge: 7 * 24 * 3_600_000, maxPeerAge: 7 * 24 * 3_600_000 },
       addresses: { listen },
       transports: [tcp(), webSockets(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
-      connectionEncrypters: [noise()],
+      // Noise's own cipher calls, with each session key imported once (noise-crypto.ts).
+      connectionEncrypters: [noise({ crypto: createNoiseCrypto() })],
       streamMuxers: [yamux()],
       peerDiscovery: [
         ...(bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList })] : []),
