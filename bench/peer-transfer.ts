@@ -1,22 +1,33 @@
 // Peer model transfer (issue 7) on loopback, with a 1 GiB file of random bytes:
 //   1. one holder: `/substrate/model-chunks/2` (chunks verified, written to disk, whole file
 //      hashed at the end) against plain TCP and against a bare libp2p stream (Noise + Yamux)
-//      between the same two processes, interleaved; then chunk sizes 1/4/16 MiB;
+//      between the same two processes, interleaved, with the CPU each side spent per MiB;
+//      then chunk sizes 1/4/16 MiB; and the ceilings of one core on this machine: Noise's
+//      cipher (ChaCha20-Poly1305 in node:crypto, 64 KiB messages, as libp2p-noise's default
+//      calls it and as src/mesh/noise-crypto.ts does) and sha256;
 //   2. two holders each rate-limited to R against one holder at R;
 //   3. a puller process SIGKILLed half-way and run again: chunks served beyond the file's
 //      chunk count are what the resume fetched twice.
 //
-//   node bench/peer-transfer.ts [--size-mib 1024] [--rate-mib 48] [--rounds 2] [--skip-chunk-sizes]
+//   node bench/peer-transfer.ts [--size-mib 1024] [--rate-mib 8] [--rounds 2] [--skip-chunk-sizes]
 //                               [--skip-single]
+//
+// The rate must leave the puller room for two sources (2 × rate well under the one-holder
+// protocol rate), or the two-source run measures the puller's CPU, not the sources.
 
 import { type ChildProcess, spawn } from 'node:child_process'
+import { createHash, randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
+import type { ICryptoInterface } from '@chainsafe/libp2p-noise'
+import { defaultCrypto } from '@chainsafe/libp2p-noise/crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { createNoiseCrypto } from '../src/mesh/noise-crypto.ts'
 import { CHUNK_SIZE, chunkCount } from '../src/models/chunk-manifest.ts'
 import { MiB } from '../src/protocol/limits.ts'
 import { RAW_FILE_PROTOCOL } from '../test/mesh/chunk-source.ts'
@@ -32,7 +43,7 @@ import { loadAverage, machineInfo, median, round } from './machine.ts'
 const { values } = parseArgs({
   options: {
     'size-mib': { type: 'string', default: '1024' },
-    'rate-mib': { type: 'string', default: '48' },
+    'rate-mib': { type: 'string', default: '8' },
     rounds: { type: 'string', default: '2' },
     'skip-chunk-sizes': { type: 'boolean', default: false },
     'skip-single': { type: 'boolean', default: false },
@@ -55,6 +66,71 @@ async function timed(fn: () => Promise<number>): Promise<number> {
   const bytes = await fn()
   return mbps(bytes, performance.now() - started)
 }
+
+/** CPU milliseconds a process has used (user + system), from /proc. */
+function cpuMsOf(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+}
+const CLOCK_TICKS = 100
+
+/** Throughput, and the CPU the puller (this process) and the holder spent per MiB. */
+async function measured(holderPid: number, fn: () => Promise<number>) {
+  const cpu = process.cpuUsage()
+  const holderCpu = cpuMsOf(holderPid)
+  const started = performance.now()
+  const bytes = await fn()
+  const ms = performance.now() - started
+  const used = process.cpuUsage(cpu)
+  const mib = bytes / MiB
+  return {
+    mibps: mbps(bytes, ms),
+    pullerCpuMsPerMiB: (used.user + used.system) / 1000 / mib,
+    holderCpuMsPerMiB: (cpuMsOf(holderPid) - holderCpu) / mib,
+  }
+}
+
+/** One core's throughput, MiB/s, of `step` over `bytes`-sized inputs, run for about `ms`. */
+function coreRate(bytes: number, step: () => void, ms = 1_000): number {
+  const started = performance.now()
+  let done = 0
+  while (performance.now() - started < ms) {
+    step()
+    done += bytes
+  }
+  return mbps(done, performance.now() - started)
+}
+
+/** What one core here can encrypt + decrypt with Noise's cipher, and hash with sha256. */
+function ceilings() {
+  const message = randomBytes(NOISE_PLAINTEXT_BYTES)
+  const key = randomBytes(32)
+  const nonce = Buffer.alloc(12)
+  const ad = new Uint8Array(0)
+  const roundTrip = (crypto: ICryptoInterface) => () => {
+    const sealed = crypto.chaCha20Poly1305Encrypt(message, nonce, ad, key) as Uint8Array
+    crypto.chaCha20Poly1305Decrypt(sealed, nonce, ad, key)
+  }
+  const ours = createNoiseCrypto()
+  const libDefault: number[] = []
+  const keyObject: number[] = []
+  const sha: number[] = []
+  const big = randomBytes(CHUNK_SIZE)
+  for (let r = 0; r < 3; r++) {
+    libDefault.push(coreRate(message.length, roundTrip(defaultCrypto), 500))
+    keyObject.push(coreRate(message.length, roundTrip(ours), 500))
+    sha.push(coreRate(big.length, () => createHash('sha256').update(big).digest(), 500))
+  }
+  return {
+    noiseCipherEncryptPlusDecryptMiBps: {
+      libp2pNoiseDefault: round(median(libDefault)),
+      substrateNoiseCrypto: round(median(keyObject)),
+    },
+    sha256MiBps: round(median(sha)),
+  }
+}
+/** Noise's largest plaintext: 65535-byte messages less the 16-byte tag. */
+const NOISE_PLAINTEXT_BYTES = 65_519
 
 function rawTcp(port: number): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -100,18 +176,26 @@ try {
   // 1. One holder: protocol against its ceilings, same two processes, interleaved.
   const one = await holder({ file, baselines: true })
   const p1 = await puller('one', [one])
-  const tcp: number[] = []
-  const libp2p: number[] = []
-  const protocol: number[] = []
+  type Sample = Awaited<ReturnType<typeof measured>>
+  const runs: Record<'tcp' | 'libp2p' | 'protocol', Sample[]> = { tcp: [], libp2p: [], protocol: [] }
+  const pid = one.child.pid!
   for (let r = 0; r < (values['skip-single'] === true ? 0 : rounds); r++) {
-    const order = r % 2 === 0 ? ['tcp', 'libp2p', 'protocol'] : ['protocol', 'libp2p', 'tcp']
+    const order =
+      r % 2 === 0 ? (['tcp', 'libp2p', 'protocol'] as const) : (['protocol', 'libp2p', 'tcp'] as const)
     for (const what of order) {
-      if (what === 'tcp') tcp.push(await timed(() => rawTcp(one.tcpPort!)))
-      if (what === 'libp2p') libp2p.push(await timed(() => rawLibp2p(p1, one)))
-      if (what === 'protocol') protocol.push(await timed(() => pullOnce(p1, digest)))
-      log(`round ${r + 1} ${what} done`)
+      if (what === 'tcp') runs.tcp.push(await measured(pid, () => rawTcp(one.tcpPort!)))
+      if (what === 'libp2p') runs.libp2p.push(await measured(pid, () => rawLibp2p(p1, one)))
+      if (what === 'protocol') runs.protocol.push(await measured(pid, () => pullOnce(p1, digest)))
+      log(`round ${r + 1} ${what}: ${round(runs[what].at(-1)!.mibps)} MiB/s`)
     }
   }
+  const tcp = runs.tcp.map((s) => s.mibps)
+  const libp2p = runs.libp2p.map((s) => s.mibps)
+  const protocol = runs.protocol.map((s) => s.mibps)
+  const cpu = (samples: Sample[]) => ({
+    puller: round(median(samples.map((s) => s.pullerCpuMsPerMiB)), 2),
+    holder: round(median(samples.map((s) => s.holderCpuMsPerMiB)), 2),
+  })
   const single = {
     rawTcpMiBps: round(median(tcp)),
     rawLibp2pStreamMiBps: round(median(libp2p)),
@@ -119,6 +203,8 @@ try {
     protocolOverTcp: round(median(protocol) / median(tcp), 3),
     protocolOverLibp2pStream: round(median(protocol) / median(libp2p), 3),
     libp2pStreamOverTcp: round(median(libp2p) / median(tcp), 3),
+    // CPU per MiB moved: on a saturated machine throughput goes as its inverse.
+    cpuMsPerMiB: { tcp: cpu(runs.tcp), libp2pStream: cpu(runs.libp2p), protocol: cpu(runs.protocol) },
     samples: {
       tcp: tcp.map((v) => round(v)),
       libp2p: libp2p.map((v) => round(v)),
@@ -126,6 +212,8 @@ try {
     },
   }
   log(JSON.stringify(single))
+  const ceiling = ceilings()
+  log(JSON.stringify(ceiling))
 
   // Chunk size: the same file served with 1, 4 and 16 MiB manifests.
   const chunkSizes: Record<string, number> = {}
@@ -224,6 +312,7 @@ try {
         fileMiB: size / MiB,
         chunkMiB: CHUNK_SIZE / MiB,
         single,
+        oneCoreCeilings: ceiling,
         chunkSizesMiBps: chunkSizes,
         rateLimited: {
           rateMiBps: rate / MiB,
