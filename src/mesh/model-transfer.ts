@@ -27,14 +27,14 @@ import {
   readFully,
 } from '../models/chunk-manifest.ts'
 import type { ModelBlobs } from '../models/types.ts'
-import { KiB, MiB } from '../protocol/limits.ts'
+import { KiB } from '../protocol/limits.ts'
 import { errorFrame, type FrameChannel, frameChannel } from './job-codec.ts'
 import type { MeshNode } from './libp2p-node.ts'
 
 export const MODEL_CHUNKS_PROTOCOL = '/substrate/model-chunks/2'
 
 /** Raw data frames carry at most this much; small enough to pace, large enough that framing costs nothing. */
-export const DATA_FRAME_BYTES = 1 * MiB
+export const DATA_FRAME_BYTES = 256 * KiB
 const MAX_REQUEST_FRAME_BYTES = 1 * KiB
 const MAX_RESPONSE_FRAME_BYTES = Math.max(MAX_MANIFEST_BYTES, DATA_FRAME_BYTES) + 1 * KiB
 

@@ -24,7 +24,7 @@ import {
 } from '../models/chunk-manifest.ts'
 import { partialPaths, progressReporter } from '../models/pull.ts'
 import type { ProgressListener } from '../models/types.ts'
-import { type OpenWritable, openWritableFile, type WritableFile } from '../models/writable.ts'
+import { allocAligned, type OpenWritable, openWritableFile, type WritableFile } from '../models/writable.ts'
 import { MINUTE_MS } from '../protocol/limits.ts'
 import type { ChunkSession, FetchedManifest, ModelTransfer } from './model-transfer.ts'
 
@@ -360,6 +360,9 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
       let dropped = false
       let gone = false
       const slot = async () => {
+        // Page-aligned and reused: the chunk goes to disk from here with direct I/O
+        // (writable.ts), without a page-cache copy and writeback work at the final fsync.
+        let aligned: Uint8Array | undefined
         while (remaining > 0 && !dropped && fatal === undefined) {
           const index = take(peer)
           if (index === undefined) {
@@ -397,7 +400,9 @@ export function createPeerPuller(components: PeerPullComponents, init: PeerPullI
             return
           }
           try {
-            await local(out.write(data, chunkRange(manifest, index).start))
+            aligned ??= allocAligned(manifest.chunkSize)
+            aligned.set(data)
+            await local(out.write(aligned.subarray(0, data.length), chunkRange(manifest, index).start))
           } catch (err) {
             fatal ??= toSubstrateError(err)
             notify()
