@@ -7,25 +7,12 @@
 // on a fresh one; run alone, this file builds it in `before`).
 
 import assert from 'node:assert/strict'
-import { readFileSync } from 'node:fs'
 import { after, before, describe, test } from 'node:test'
 import { silentLogger } from '../../src/logger.ts'
 import { buildEngine } from '../../src/runtime/engine.ts'
 import { readNdjson, runCli, startTestNode, type TestNode } from '../helpers/node.ts'
+import { argvOf, descendants, uidOf } from '../helpers/processes.ts'
 
-/** The pids below `pid`, depth first. */
-function descendants(pid: number): number[] {
-  let children: number[] = []
-  try {
-    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .split(' ')
-      .filter(Boolean)
-      .map(Number)
-  } catch {}
-  return children.flatMap((c) => [c, ...descendants(c)])
-}
-
-const argvOf = (pid: number) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')
 /** llama-server itself (bwrap's argv names its path too, so match the program, not any argument) */
 const isServer = (pid: number) => argvOf(pid)[0]?.endsWith('/llama-server') === true
 
@@ -43,6 +30,20 @@ async function chat(t: TestNode, body: Record<string, unknown>) {
     body: JSON.stringify({ model: 'substrate-tiny', stream: false, ...body }),
   })
   return { status: res.status, body: (await res.json()) as Record<string, unknown> }
+}
+
+/** A streamed generation that never ends on its own: the tiny model repeats "~" after this prompt. */
+function endlessStream(t: TestNode, signal?: AbortSignal): Promise<Response> {
+  return fetch(`${t.url}/api/generate`, {
+    method: 'POST',
+    body: JSON.stringify({
+      model: 'substrate-tiny',
+      prompt: 'loop ~',
+      raw: true,
+      options: { num_predict: 100_000 },
+    }),
+    signal,
+  })
 }
 
 async function runnerPid(t: TestNode): Promise<number> {
@@ -113,11 +114,7 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
       argvOf(llama).includes('--host') && argvOf(llama).some((a) => a.endsWith('.sock')),
       'on a unix socket',
     )
-    assert.equal(
-      readFileSync(`/proc/${llama}/status`, 'utf8').match(/^Uid:\s+(\d+)/m)?.[1] !== '0',
-      true,
-      'not as root',
-    )
+    assert.notEqual(uidOf(llama), 0, 'not as root')
   })
 
   test('streams, and concurrent requests share the runner’s slots', async () => {
@@ -137,17 +134,7 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
 
   test('a cancelled stream frees its slot: the next requests are served at once', async () => {
     const ctrl = new AbortController()
-    const res = await fetch(`${server.url}/api/generate`, {
-      method: 'POST',
-      // the tiny model repeats "~" forever after this prompt
-      body: JSON.stringify({
-        model: 'substrate-tiny',
-        prompt: 'loop ~',
-        raw: true,
-        options: { num_predict: 100_000 },
-      }),
-      signal: ctrl.signal,
-    })
+    const res = await endlessStream(server, ctrl.signal)
     const reader = res.body!.getReader()
     await reader.read()
     ctrl.abort()
@@ -194,15 +181,7 @@ describe('the llama-server engine', { timeout: 2_400_000 }, () => {
     const tree = [await runnerPid(server)].flatMap((p) => [p, ...descendants(p)])
     const llama = tree.find(isServer)
     assert.ok(llama !== undefined)
-    const res = await fetch(`${server.url}/api/generate`, {
-      method: 'POST',
-      body: JSON.stringify({
-        model: 'substrate-tiny',
-        prompt: 'loop ~',
-        raw: true,
-        options: { num_predict: 100_000 },
-      }),
-    })
+    const res = await endlessStream(server)
     const reader = res.body!.getReader()
     await reader.read()
     process.kill(llama, 'SIGKILL')

@@ -4,7 +4,7 @@
 // ceiling reaches the client as a typed error while the daemon carries on.
 
 import assert from 'node:assert/strict'
-import { readFileSync, rmSync } from 'node:fs'
+import { rmSync } from 'node:fs'
 import { join } from 'node:path'
 import { after, before, describe, test } from 'node:test'
 import type { DoctorReport } from '../../src/api/client.ts'
@@ -16,24 +16,10 @@ import { createRuntime } from '../../src/runtime/runtime.ts'
 import { findRunnerUser } from '../../src/sandbox/runner-user.ts'
 import { createRunnerSpawner } from '../../src/sandbox/select.ts'
 import { startTestNode, type TestNode, tempHome } from '../helpers/node.ts'
+import { argvOf, descendants, uidOf } from '../helpers/processes.ts'
 import { writeTinyModelRecord } from '../helpers/tiny-model.ts'
 
 const MiB = 2 ** 20
-const uidOf = (pid: number) =>
-  Number(/^Uid:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? Number.NaN)
-
-/** The pids below `pid`, depth first: the runner is a few execs and one fork under its pid. */
-function descendants(pid: number): number[] {
-  let children: number[] = []
-  try {
-    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8')
-      .split(' ')
-      .filter(Boolean)
-      .map(Number)
-  } catch {}
-  return children.flatMap((c) => [c, ...descendants(c)])
-}
-
 describe('a daemon with the default sandbox', () => {
   let t: TestNode
   before(async () => {
@@ -63,7 +49,7 @@ describe('a daemon with the default sandbox', () => {
     const tree = [pid, ...descendants(pid)]
     // bwrap's argv names the runner too: the runner is the process that node itself runs
     const node = tree.find((p) => {
-      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0')
+      const argv = argvOf(p)
       return argv[0] === process.execPath && argv.some((a) => a.includes('runner-main'))
     })
     assert.ok(node !== undefined, 'the runner process is under the pid the daemon reports')
