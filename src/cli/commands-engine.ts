@@ -26,14 +26,14 @@ function status(home: string | undefined) {
     active = 'none'
     problem = err instanceof Error ? err.message : String(err)
   }
-  const exists = resolveEngine('auto').kind === 'llama-server'
+  const missing = missingBuildTools()
   return {
     setting,
     active,
     llamaCpp: llamaCppTag(),
-    built: exists ? built : null,
+    built: resolveEngine('auto').kind === 'llama-server' ? built : null,
     cache: engineCacheDir(),
-    buildTools: missingBuildTools().length === 0 ? 'present' : `missing: ${missingBuildTools().join(', ')}`,
+    buildTools: missing.length === 0 ? 'present' : `missing: ${missing.join(', ')}`,
     ...(problem !== undefined && { problem }),
   }
 }

@@ -33,6 +33,7 @@ import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { SubstrateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
+import { findTool } from '../sandbox/bwrap.ts'
 
 export type EngineSetting = 'auto' | 'llama-server' | 'node-llama-cpp'
 export type Engine = { kind: 'node-llama-cpp' } | { kind: 'llama-server'; path: string }
@@ -83,15 +84,7 @@ export function resolveEngine(setting: EngineSetting, explicitPath?: string): En
 
 /** What a build needs that may be missing: named so the error can say what to install. */
 export function missingBuildTools(): string[] {
-  const missing: string[] = []
-  for (const tool of ['git', 'cmake', 'c++', 'make']) {
-    const found = (process.env.PATH ?? '/usr/bin:/bin')
-      .split(':')
-      .concat(['/usr/bin', '/usr/local/bin'])
-      .some((dir) => dir !== '' && executable(join(dir, tool)))
-    if (!found) missing.push(tool)
-  }
-  return missing
+  return ['git', 'cmake', 'c++', 'make'].filter((tool) => findTool(tool) === undefined)
 }
 
 export interface BuildProgress {

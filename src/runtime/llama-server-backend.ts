@@ -85,12 +85,12 @@ export async function startLlamaServer(init: LlamaServerInit): Promise<LlamaServ
   // The model and the binary itself may both be inherited fds (a sandbox's, or a root
   // daemon's runner account's): the server gets them at the same numbers.
   const stdio: Array<'ignore' | 'pipe' | number> = ['ignore', 'ignore', 'pipe']
-  for (const fd of [inheritedFd(init.modelPath), inheritedFd(init.binary)]) {
+  const modelFd = inheritedFd(init.modelPath)
+  for (const fd of [modelFd, inheritedFd(init.binary)]) {
     if (fd === undefined) continue
     while (stdio.length <= fd) stdio.push('ignore')
     stdio[fd] = fd
   }
-  const modelFd = inheritedFd(init.modelPath)
   const modelArg = modelFd === undefined ? init.modelPath : `/proc/self/fd/${modelFd}`
   const args = [
     ...['-m', modelArg, '--host', socketPath],

@@ -153,12 +153,27 @@ function samplingFor(options: SamplingOptions) {
   }
 }
 
+/** When a request arrived and its first and last tokens came: the timings its `done` reports. */
+function generationClock() {
+  const received = performance.now()
+  let first = 0
+  let last = 0
+  return {
+    token() {
+      last = performance.now()
+      if (first === 0) first = last
+    },
+    timings: () => ({
+      promptEvalMs: (first || performance.now()) - received,
+      evalMs: first ? last - first : 0,
+    }),
+  }
+}
+
 async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
   const abort = new AbortController()
   active.set(req.id, abort)
-  const received = performance.now()
-  let firstTokenAt = 0
-  let lastTokenAt = 0
+  const clock = generationClock()
   try {
     const { tokens: prompt, stops } = renderPrompt(req)
     assertFits(prompt.length + 1)
@@ -170,8 +185,7 @@ async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
       { ...req.options, extraStops: stops },
       abort.signal,
       (piece) => {
-        lastTokenAt = performance.now()
-        if (firstTokenAt === 0) firstTokenAt = lastTokenAt
+        clock.token()
         const text = trimStart ? piece.trimStart() : piece
         if (text === '') return
         trimStart = false
@@ -185,8 +199,7 @@ async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
         reason: result.reason,
         promptTokens: prompt.length,
         outputTokens: result.outputTokens,
-        promptEvalMs: (firstTokenAt || performance.now()) - received,
-        evalMs: firstTokenAt ? lastTokenAt - firstTokenAt : 0,
+        ...clock.timings(),
       },
     })
   } catch (err) {
@@ -200,10 +213,8 @@ async function generate(req: GenerateMessage) {
   if (server) return generateOnServer(req, server)
   const abort = new AbortController()
   active.set(req.id, abort)
-  const received = performance.now()
+  const clock = generationClock()
   const seq = await acquireSequence()
-  let firstTokenAt = 0
-  let lastTokenAt = 0
   let outputTokens = 0
   const meterBefore = seq.tokenMeter.getState()
   try {
@@ -221,11 +232,8 @@ async function generate(req: GenerateMessage) {
           : ''
     let firstChunk: Token[] | undefined
     const onToken = (tokens: readonly Token[]) => {
-      if (outputTokens === 0) {
-        firstTokenAt = performance.now()
-        firstChunk = [...tokens]
-      }
-      lastTokenAt = performance.now()
+      if (outputTokens === 0) firstChunk = [...tokens]
+      clock.token()
       outputTokens += tokens.length
     }
     const onTextChunk = (chunk: string) => {
@@ -274,13 +282,7 @@ async function generate(req: GenerateMessage) {
     send({
       type: 'done',
       id: req.id,
-      stats: {
-        reason,
-        promptTokens: used.usedInputTokens,
-        outputTokens,
-        promptEvalMs: (firstTokenAt || performance.now()) - received,
-        evalMs: firstTokenAt ? lastTokenAt - firstTokenAt : 0,
-      },
+      stats: { reason, promptTokens: used.usedInputTokens, outputTokens, ...clock.timings() },
     })
   } catch (err) {
     sendError(req.id, err)
@@ -290,14 +292,13 @@ async function generate(req: GenerateMessage) {
   }
 }
 
-// The tokens `generate` feeds the model for this request, rebuilt the same way: LlamaCompletion
-// prepends BOS where the vocabulary wants it; LlamaChat renders the history through the
-// chat wrapper and opens the model's turn.
-function promptTokensOf(req: Pick<ScoreMessage, 'mode' | 'prompt' | 'messages'>): number[] {
-  return renderPrompt(req).tokens
-}
-
-/** The prompt's tokens, and for chat the template's own stop texts (special tokens end generation anyway). */
+/**
+ * The tokens node-llama-cpp's `generate` feeds the model for this request (LlamaCompletion
+ * prepends BOS where the vocabulary wants it; LlamaChat renders the history through the chat
+ * wrapper and opens the model's turn), which is what the llama-server engine sends and what
+ * scoring rebuilds; for chat also the template's own stop texts (special tokens end
+ * generation anyway).
+ */
 function renderPrompt(req: Pick<ScoreMessage, 'mode' | 'prompt' | 'messages'>): {
   tokens: number[]
   stops: string[]
@@ -345,7 +346,7 @@ async function score(req: ScoreMessage) {
   const seq = await acquireSequence()
   try {
     if (!model) throw new Error('score before load')
-    const promptTokens = promptTokensOf(req)
+    const promptTokens = renderPrompt(req).tokens
     const splits = []
     for (const claimedTokens of outputTokenizations(model, req.output)) {
       assertFits(promptTokens.length + claimedTokens.length)
