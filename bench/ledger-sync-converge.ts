@@ -151,6 +151,20 @@ const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b)
 const pct = (xs: number[], q: number) =>
   xs.length === 0 ? null : sorted(xs)[Math.min(xs.length - 1, Math.ceil(q * xs.length) - 1)]!
 const ms = (x: number | null) => (x === null || !Number.isFinite(x) ? null : Math.round(x))
+/** Every run's time with its p50 and p99, in whole ms. */
+const spread = (xs: number[]) => ({
+  ms: xs.map((x) => ms(x)),
+  p50Ms: ms(pct(xs, 0.5)),
+  p99Ms: ms(pct(xs, 0.99)),
+})
+/** The median of one per-run field (a run without it counts as never). */
+const medianOf = (runs: Array<Record<string, unknown>>, key: string) =>
+  ms(
+    pct(
+      runs.map((r) => Number(r[key] ?? Number.POSITIVE_INFINITY)),
+      0.5,
+    ),
+  )
 
 /** When every node held `total`, relative to `from`; how each got it; how far the spread. */
 function arrivals(nodes: Node[], total: number, from: number) {
@@ -365,29 +379,15 @@ const summary = {
   firstConvergeMs,
   daemonCpu: cpu,
   afterAppend: {
-    ms: plain.map((x) => ms(x)),
-    p50Ms: ms(pct(plain, 0.5)),
-    p99Ms: ms(pct(plain, 0.99)),
+    ...spread(plain),
     /** Author to the first other node: one gossip hop, the unit the rest is made of. */
-    oneHopP50Ms: ms(
-      pct(
-        plainDetail.map((r) => Number(r.firstOtherMs ?? Number.POSITIVE_INFINITY)),
-        0.5,
-      ),
-    ),
+    oneHopP50Ms: medianOf(plainDetail, 'firstOtherMs'),
     runs: plainDetail,
   },
   afterHeal: {
-    ms: healed.map((x) => ms(x)),
-    p50Ms: ms(pct(healed, 0.5)),
-    p99Ms: ms(pct(healed, 0.99)),
+    ...spread(healed),
     /** Link up to the first node holding the other half's op: TCP resending what waited. */
-    firstCrossP50Ms: ms(
-      pct(
-        healDetail.map((r) => Number(r.firstCrossMs ?? Number.POSITIVE_INFINITY)),
-        0.5,
-      ),
-    ),
+    firstCrossP50Ms: medianOf(healDetail, 'firstCrossMs'),
     partitionHeld: heldApart,
     runs: healDetail,
   },

@@ -241,6 +241,15 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   let cause: 'local' | 'push' | 'pull' = 'local'
   let changeCause: 'local' | 'push' | 'pull' | undefined
   let headsLog: NodeJS.Immediate | undefined
+  /** Runs an ingest with `cause` set for the change lines it triggers. */
+  const ingestingAs = <T>(by: 'push' | 'pull', ingest: () => T): T => {
+    cause = by
+    try {
+      return ingest()
+    } finally {
+      cause = 'local'
+    }
+  }
 
   const summary = (): HeadsSummary => {
     cached ??= summarizeHeads(ledger.log.heads())
@@ -317,8 +326,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         if (frame.t === 'forks') {
           for (const proof of frame.proofs) {
             try {
-              cause = 'pull'
-              if (ledger.log.ingestForkProof(proof)) {
+              if (ingestingAs('pull', () => ledger.log.ingestForkProof(proof))) {
                 result.forks++
                 result.added++
               } else result.duplicates++
@@ -326,19 +334,11 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
               if (!isLedgerError(err)) throw err
               if (!BENIGN.has(err.reason)) throw hostile(err)
               result.refused++
-            } finally {
-              cause = 'local'
             }
           }
           continue
         }
-        cause = 'pull'
-        let ingested: ReturnType<typeof ledger.log.ingestMany>
-        try {
-          ingested = ledger.log.ingestMany(frame.ops)
-        } finally {
-          cause = 'local'
-        }
+        const ingested = ingestingAs('pull', () => ledger.log.ingestMany(frame.ops))
         result.added += ingested.added
         result.forks += ingested.forks
         result.duplicates += ingested.duplicates
@@ -629,20 +629,15 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
       stats.announcementsRejected++
       return TopicValidatorResult.Reject
     }
-    if (theirs.ops !== undefined && origin !== self) {
+    const pushed = theirs.ops
+    if (pushed !== undefined && origin !== self) {
       // Eager push: the origin's own newest ops, so that one gossip round spreads them
       // without a pull per hop. They get the same checks as synced ops; only the origin's
       // own ops may ride along, and one that no honest node would send rejects the message.
       let added = 0
       try {
-        for (const op of theirs.ops) if (!sameAuthor(op, origin)) throw new Error('an op of another author')
-        cause = 'push'
-        let ingested: ReturnType<typeof ledger.log.ingestMany>
-        try {
-          ingested = ledger.log.ingestMany(theirs.ops)
-        } finally {
-          cause = 'local'
-        }
+        for (const op of pushed) if (!sameAuthor(op, origin)) throw new Error('an op of another author')
+        const ingested = ingestingAs('push', () => ledger.log.ingestMany(pushed))
         added = ingested.added
         const bad = ingested.refused.find(({ error }) => !BENIGN.has(error.reason))
         if (bad !== undefined) throw bad.error
