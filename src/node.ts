@@ -147,6 +147,7 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
         contextSize: config.runtime.contextSize,
         keepAliveMs: config.runtime.keepAlive,
         maxLoadedModels: config.runtime.maxLoadedModels,
+        streamWindowMs: config.runtime.streamWindow,
         checkCanLoad: (model, contextSize, parallel) =>
           checkFits(
             hardware,

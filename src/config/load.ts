@@ -65,6 +65,7 @@ const shortNames: Record<string, ConfigKey> = {
   engine: 'runtime.engine',
   llamaserver: 'runtime.llamaServer',
   enginebuild: 'runtime.engineBuild',
+  streamwindow: 'runtime.streamWindow',
   loglevel: 'log.level',
   sandbox: 'sandbox.backend',
   mesh: 'mesh.enabled',
@@ -239,6 +240,7 @@ const numericKeys = new Set<ConfigKey>([
   'mesh.jobSlots',
   'models.quota',
   'mesh.stallTimeout',
+  'runtime.streamWindow',
   'mesh.relayMaxReservations',
   'mesh.randomWalk',
 ])
@@ -319,6 +321,7 @@ function displayValue(config: Config, key: ConfigKey): string {
   }
   if (key === 'models.quota') return config.models.quota === 0 ? '0 (no limit)' : String(config.models.quota)
   if (key === 'mesh.stallTimeout') return formatDuration(config.mesh.stallTimeout)
+  if (key === 'runtime.streamWindow') return formatDuration(config.runtime.streamWindow)
   if (key === 'runtime.llamaServer') return config.runtime.llamaServer ?? '(the built one)'
   if (key === 'mesh.listen' || key === 'mesh.bootstrap') {
     const list = config.mesh[key === 'mesh.listen' ? 'listen' : 'bootstrap']

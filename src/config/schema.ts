@@ -21,6 +21,7 @@ export const configKeys = [
   'runtime.engine',
   'runtime.llamaServer',
   'runtime.engineBuild',
+  'runtime.streamWindow',
   'log.level',
   'sandbox.backend',
   'mesh.enabled',
@@ -64,6 +65,23 @@ export function parseDuration(value: string | number): number {
   }
   if (match[1] === '-' && ms > 0) return Infinity
   return Math.round(ms)
+}
+
+/** A duration (parseDuration) in [min, max] milliseconds, `message` otherwise. */
+function durationBetween(min: number, max: number, message: string) {
+  return z.union([z.string(), z.number()]).transform((v, ctx) => {
+    let ms: number
+    try {
+      ms = parseDuration(v)
+    } catch {
+      ms = Number.NaN
+    }
+    if (!(ms >= min && ms <= max && Number.isFinite(ms))) {
+      ctx.issues.push({ code: 'custom', message, input: v })
+      return z.NEVER
+    }
+    return ms
+  })
 }
 
 /** The inverse of parseDuration for display: 300000 → "5m", Infinity → "-1 (forever)". */
@@ -231,6 +249,10 @@ export const leafSchemas = {
     expect: 'the absolute path of a llama-server binary (default: the one `substrate engine build` makes)',
   },
   'runtime.engineBuild': { schema: booleanSchema, expect: 'true or false' },
+  'runtime.streamWindow': {
+    schema: durationBetween(0, 1000, 'a duration from 0 to 1s'),
+    expect: 'a duration from 0 to 1s, like "10ms" (0: every token in its own chunk)',
+  },
   'log.level': {
     schema: z.enum(['debug', 'info', 'warn', 'error']),
     expect: 'one of debug, info, warn, error',
@@ -267,19 +289,7 @@ export const leafSchemas = {
   'models.hfEndpoint': { schema: httpUrl, expect: 'an http(s) URL like "https://huggingface.co"' },
   'models.ollamaRegistry': { schema: httpUrl, expect: 'an http(s) URL like "https://registry.ollama.ai"' },
   'mesh.stallTimeout': {
-    schema: z.union([z.string(), z.number()]).transform((v, ctx) => {
-      let ms: number
-      try {
-        ms = parseDuration(v)
-      } catch {
-        ms = Number.NaN
-      }
-      if (!(ms >= 100 && Number.isFinite(ms))) {
-        ctx.issues.push({ code: 'custom', message: 'a duration of at least 100ms', input: v })
-        return z.NEVER
-      }
-      return ms
-    }),
+    schema: durationBetween(100, Infinity, 'a duration of at least 100ms'),
     expect: 'a duration of at least 100ms, like "60s" or "2m"',
   },
   'mesh.spotCheckRate': {
@@ -333,6 +343,11 @@ export const configSchema = z
         llamaServer: leafSchemas['runtime.llamaServer'].schema.optional(),
         /** With engine auto: build llama-server in the background when the daemon starts and none is built. */
         engineBuild: leafSchemas['runtime.engineBuild'].schema.default(true),
+        /**
+         * Milliseconds a streamed token may wait to share a chunk with the tokens after it: a
+         * fast model's stream costs a message per chunk on every hop, a reader sees no difference.
+         */
+        streamWindow: leafSchemas['runtime.streamWindow'].schema.prefault('10ms'),
       })
       .prefault({}),
     log: z.object({ level: leafSchemas['log.level'].schema.default('info') }).prefault({}),

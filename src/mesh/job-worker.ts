@@ -33,7 +33,7 @@ import {
   verifyManifest,
 } from './job-records.ts'
 import type { MeshNode } from './libp2p-node.ts'
-import { createTokenBatcher } from './token-batcher.ts'
+import { createTokenBatcher } from '../runtime/token-batcher.ts'
 
 export interface AdmittedJob {
   cid: string

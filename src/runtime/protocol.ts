@@ -33,7 +33,12 @@ export const loadMessageSchema = z.object({
   threads: z.number().int().nonnegative(),
   /** run the model in llama.cpp's own server at this path (engine.ts); absent: node-llama-cpp */
   llamaServer: z.string().optional(),
+  /** longest a token waits to share a `token` message with the ones after it; 0: every turn */
+  tokenWindowMs: z.number().min(0).max(1000).optional(),
 })
+
+/** The runner's token window unless the load message says otherwise. */
+export const DEFAULT_TOKEN_WINDOW_MS = 10
 
 export const generateMessageSchema = z.object({
   type: z.literal('generate'),

@@ -72,6 +72,8 @@ export interface StartRunnerInit {
   threads: number
   /** llama-server on the host (engine.ts): the runner drives it instead of node-llama-cpp */
   llamaServer?: string
+  /** longest a token waits in the runner to share a message with the next ones */
+  tokenWindowMs?: number
   loadTimeoutMs?: number
 }
 
@@ -174,6 +176,7 @@ export async function startRunner(init: StartRunnerInit): Promise<RunnerHandle> 
     contextSize: init.contextSize,
     parallel: init.parallel,
     threads: init.threads,
+    ...(init.tokenWindowMs !== undefined && { tokenWindowMs: init.tokenWindowMs }),
     ...(engineInside !== undefined && { llamaServer: engineInside }),
   })
   const ready = await new Promise<Extract<FromRunner, { type: 'ready' }>>((resolve, reject) => {

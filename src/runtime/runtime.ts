@@ -22,6 +22,8 @@ export interface RuntimeInit {
   contextSize: number
   keepAliveMs: number
   maxLoadedModels: number
+  /** longest a streamed token waits to share a message with the next ones (runtime.streamWindow) */
+  streamWindowMs?: number
   /** how runners start (the sandbox); unsandboxed when absent */
   launcher?: RunnerLauncher
   /** shorthand for an unsandboxed launcher with this spawn function (tests) */
@@ -166,6 +168,7 @@ export function createRuntime(components: { logger: Logger }, init: RuntimeInit)
         contextSize,
         parallel: init.parallel,
         threads: init.threads,
+        ...(init.streamWindowMs !== undefined && { tokenWindowMs: init.streamWindowMs }),
         ...(engine?.kind === 'llama-server' && { llamaServer: engine.path }),
       })
       const fresh: Slot = {

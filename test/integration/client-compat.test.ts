@@ -11,7 +11,8 @@ import { startTestNode, type TestNode } from '../helpers/node.ts'
 describe('official clients', () => {
   let t: TestNode
   before(async () => {
-    t = await startTestNode()
+    // every token its own chunk, as Ollama streams (the default window may join fast ones)
+    t = await startTestNode({ runtime: { streamWindow: 0 } })
   })
   after(async () => t.close())
 

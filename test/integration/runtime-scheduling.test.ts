@@ -102,3 +102,41 @@ describe('runner scheduling', () => {
     assert.equal(afterPs[0]!.pid, before[0]!.pid, 'the same runner served them all')
   })
 })
+
+describe('the stream window (runtime.streamWindow)', () => {
+  /** Chunks of one streamed answer, and how long the stream took. */
+  async function chunksOf(url: string) {
+    const started = performance.now()
+    const res = await fetch(`${url}/api/generate`, {
+      method: 'POST',
+      body: JSON.stringify({ model: 'substrate-tiny', prompt: 'hi', options: { temperature: 0 } }),
+    })
+    const lines = await readNdjson(res)
+    const tokens = lines.filter((l) => l.done !== true)
+    const final = lines.at(-1) as { done?: boolean; eval_count?: number }
+    return {
+      chunks: tokens.length,
+      text: tokens.map((l) => String(l.response)).join(''),
+      evalCount: final.eval_count ?? 0,
+      ms: performance.now() - started,
+    }
+  }
+
+  test('joins the tokens that follow the first within the window, and loses none', async () => {
+    const each = await startTestNode({ runtime: { streamWindow: 0 } })
+    const joined = await startTestNode({ runtime: { streamWindow: '1s' } })
+    try {
+      const a = await chunksOf(each.url)
+      const b = await chunksOf(joined.url)
+      assert.equal(b.text, a.text)
+      assert.equal(b.text.trim(), TINY_ANSWER)
+      assert.equal(b.evalCount, a.evalCount)
+      assert.ok(a.chunks > 5, `window 0: a chunk per token or so, got ${a.chunks} for ${a.evalCount} tokens`)
+      // the first token alone, then at most one chunk per second of generation
+      const most = 2 + Math.ceil(b.ms / 1000)
+      assert.ok(b.chunks <= most, `window 1s: ${b.chunks} chunks in ${Math.round(b.ms)} ms`)
+    } finally {
+      await Promise.all([each.close(), joined.close()])
+    }
+  })
+})

@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict'
 import { describe, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { createTokenBatcher } from '../../src/mesh/token-batcher.ts'
-import { waitFor } from './helpers.ts'
+import { createTokenBatcher } from '../../src/runtime/token-batcher.ts'
+import { waitFor } from '../mesh/helpers.ts'
 
 describe('token batcher', () => {
   test('tokens of one event-loop turn share a frame; a later token gets its own', async () => {
