@@ -14,6 +14,7 @@ import { isFloorLevel, pickAdmissions, type QueuedRequest, type Standing } from 
 import type { Logger } from '../logger.ts'
 import type { GenerationStats } from '../runtime/protocol.ts'
 import type { RuntimeEvent } from '../runtime/runtime.ts'
+import { createTokenBatcher } from '../runtime/token-batcher.ts'
 import {
   errorFrame,
   type FrameChannel,
@@ -33,7 +34,6 @@ import {
   verifyManifest,
 } from './job-records.ts'
 import type { MeshNode } from './libp2p-node.ts'
-import { createTokenBatcher } from '../runtime/token-batcher.ts'
 
 export interface AdmittedJob {
   cid: string
