@@ -344,10 +344,10 @@ export const configSchema = z
         /** With engine auto: build llama-server in the background when the daemon starts and none is built. */
         engineBuild: leafSchemas['runtime.engineBuild'].schema.default(true),
         /**
-         * Milliseconds a streamed token may wait to share a chunk with the tokens after it: a
-         * fast model's stream costs a message per chunk on every hop, a reader sees no difference.
+         * Milliseconds a streamed token may wait to share a chunk with the tokens after it (0:
+         * only tokens that arrive together share one). Each chunk costs a message on every hop.
          */
-        streamWindow: leafSchemas['runtime.streamWindow'].schema.prefault('10ms'),
+        streamWindow: leafSchemas['runtime.streamWindow'].schema.prefault('0'),
       })
       .prefault({}),
     log: z.object({ level: leafSchemas['log.level'].schema.default('info') }).prefault({}),

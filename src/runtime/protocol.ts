@@ -38,7 +38,7 @@ export const loadMessageSchema = z.object({
 })
 
 /** The runner's token window unless the load message says otherwise. */
-export const DEFAULT_TOKEN_WINDOW_MS = 10
+export const DEFAULT_TOKEN_WINDOW_MS = 0
 
 export const generateMessageSchema = z.object({
   type: z.literal('generate'),

@@ -43,10 +43,11 @@ import { createTokenBatcher, type TokenBatcher } from './token-batcher.ts'
 const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n`)
 
 /**
- * A request's tokens on their way to the daemon. A token after a quiet spell goes at once; tokens
- * that follow within the window share one message. Each message costs a pipe write here, a parse
- * in the daemon and an HTTP chunk to the client — CPU taken from the model's own threads on a
- * small machine — while a person reading the stream cannot tell 10 ms apart.
+ * A request's tokens on their way to the daemon: the tokens of one event-loop turn (llama-server
+ * often hands over several in one read) and those within the window share one message. Each
+ * message costs a pipe write here, a parse in the daemon and an HTTP chunk to the client — CPU
+ * taken from the model's own threads on a small machine (measured: 257 → ~100 messages for 256
+ * tokens at ~250 tokens/s with no window).
  */
 function tokenRelay(id: string): TokenBatcher {
   return createTokenBatcher(async (text) => void send({ type: 'token', id, text }), {

@@ -11,8 +11,7 @@ import { startTestNode, type TestNode } from '../helpers/node.ts'
 describe('official clients', () => {
   let t: TestNode
   before(async () => {
-    // every token its own chunk, as Ollama streams (the default window may join fast ones)
-    t = await startTestNode({ runtime: { streamWindow: 0 } })
+    t = await startTestNode()
   })
   after(async () => t.close())
 
