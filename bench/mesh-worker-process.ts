@@ -39,7 +39,7 @@ export const benchModel: ModelRecord = {
 /** A runtime that answers every job with one token at once: the mesh's own cost is what is left. */
 export const instantRuntime = {
   async *generate(_req: GenerateRequest): AsyncGenerator<RuntimeEvent> {
-    yield { type: 'token', text: 'ok' }
+    yield { type: 'token', text: 'ok', tokens: 1 }
     const stats = { reason: 'stop' as const, promptTokens: 1, outputTokens: 1, promptEvalMs: 0, evalMs: 0 }
     yield { type: 'done', stats, loadMs: 0, totalMs: 0 }
   },

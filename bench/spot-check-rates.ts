@@ -60,7 +60,8 @@ const honest = createRuntimeJobRunner({ runtime, modelByDigest: (d) => byDigest.
 const randomTokens: RunJob = async function* (job) {
   const vocab = job.manifest.model === tiny.digest ? words.tiny : words.bench
   const n = job.manifest.model === tiny.digest ? 18 : MAX_TOKENS
-  for (let i = 0; i < n; i++) yield { type: 'token', text: vocab[Math.floor(random() * vocab.length)]! }
+  for (let i = 0; i < n; i++)
+    yield { type: 'token', text: vocab[Math.floor(random() * vocab.length)]!, tokens: 1 }
   const stats = { reason: 'length' as const, promptTokens: 8, outputTokens: n, promptEvalMs: 1, evalMs: n }
   yield { type: 'done', stats, loadMs: 0, totalMs: n + 1 }
 }

@@ -311,7 +311,7 @@ export function createJobWorker(components: JobWorkerComponents, init: JobWorker
         const ev = r.value
         if (ev.type === 'token') {
           text += ev.text
-          await tokens.push(ev.text)
+          await tokens.push(ev.text, ev.tokens)
         } else {
           stats = ev.stats
         }

@@ -31,12 +31,15 @@ export interface LlamaServer {
   readonly pid: number
   /** per-slot context the server really set up */
   readonly contextSize: number
-  /** streams the continuation of `prompt` (token ids); `onText` gets each piece of text */
+  /**
+   * streams the continuation of `prompt` (token ids); `onText` gets each piece of text (maybe
+   * empty: a token that ends mid-character) and how many output tokens came with it
+   */
   complete(
     prompt: readonly number[],
     options: SamplingOptions & { extraStops?: string[] },
     signal: AbortSignal,
-    onText: (text: string) => void,
+    onText: (text: string, tokens: number) => void,
   ): Promise<CompletionResult>
   /** resolves with a description of how the server ended */
   readonly exited: Promise<string>
@@ -211,8 +214,10 @@ export async function startLlamaServer(init: LlamaServerInit): Promise<LlamaServ
                 }
                 // Counted as streamed: the server's tokens_predicted includes the end-of-sequence
                 // token, which node-llama-cpp (and Ollama's eval_count) leave out.
-                for (const t of data.tokens ?? []) if (!init.isEndToken(t)) outputTokens++
-                if (data.content) onText(data.content)
+                let tokens = 0
+                for (const t of data.tokens ?? []) if (!init.isEndToken(t)) tokens++
+                outputTokens += tokens
+                if (data.content || tokens > 0) onText(data.content ?? '', tokens)
                 if (!data.stop) continue
                 finished = true
                 resolve({ reason: data.stop_type === 'limit' ? 'length' : 'stop', outputTokens })

@@ -118,7 +118,13 @@ export const fromRunnerSchema = z.discriminatedUnion('type', [
     /** decode tokens/s per thread count tried when threads were chosen by measurement */
     measuredTokensPerSecond: z.record(z.string(), z.number()),
   }),
-  z.object({ type: z.literal('token'), id: z.string(), text: z.string() }),
+  /** `tokens`: how many output tokens `text` holds (one message may carry several) */
+  z.object({
+    type: z.literal('token'),
+    id: z.string(),
+    text: z.string(),
+    tokens: z.number().int().nonnegative(),
+  }),
   z.object({ type: z.literal('done'), id: z.string(), stats: generationStatsSchema }),
   z.object({
     type: z.literal('scored'),

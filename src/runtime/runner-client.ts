@@ -19,7 +19,9 @@ import {
 } from './protocol.ts'
 import type { RunnerLauncher } from './spawn.ts'
 
-export type RunnerEvent = { type: 'token'; text: string } | { type: 'done'; stats: GenerationStats }
+export type RunnerEvent =
+  | { type: 'token'; text: string; tokens: number }
+  | { type: 'done'; stats: GenerationStats }
 type ScoredEvent = { type: 'scored'; promptTokens: number; splits: ScoredSplit[] }
 
 /** A teacher-forced check of `output` after the request's prompt (protocol.ts, `score`). */

@@ -38,7 +38,7 @@ import {
 } from './protocol.ts'
 import { outputTokenizations, scoreOnSequence } from './teacher-forced.ts'
 import { chooseThreads } from './threads.ts'
-import { createTokenBatcher, type TokenBatcher } from './token-batcher.ts'
+import { createTokenBatcher } from './token-batcher.ts'
 
 const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n`)
 
@@ -49,12 +49,26 @@ const send = (msg: FromRunner) => process.stdout.write(`${JSON.stringify(msg)}\n
  * taken from the model's own threads on a small machine (measured: 257 → ~100 messages for 256
  * tokens at ~250 tokens/s with no window).
  */
-function tokenRelay(id: string): TokenBatcher {
-  return createTokenBatcher(async (text) => void send({ type: 'token', id, text }), {
+function tokenRelay(id: string) {
+  const batcher = createTokenBatcher(async (text, tokens) => void send({ type: 'token', id, text, tokens }), {
     maxFrameChars: 256 * 1024,
     maxPendingChars: 1024 * 1024,
     windowMs: tokenWindowMs,
   })
+  // Tokens and text do not come in step (a token may end mid-character, or be trimmed away):
+  // each piece of text carries the tokens counted since the last one.
+  let uncounted = 0
+  return {
+    counted(tokens: number) {
+      uncounted += tokens
+    },
+    text(text: string) {
+      if (text === '') return
+      void batcher.push(text, uncounted)
+      uncounted = 0
+    },
+    flush: () => batcher.flush(),
+  }
 }
 
 let lib: typeof import('node-llama-cpp') | undefined
@@ -206,12 +220,13 @@ async function generateOnServer(req: GenerateMessage, srv: LlamaServer) {
       prompt,
       { ...req.options, extraStops: stops },
       abort.signal,
-      (piece) => {
+      (piece, tokens) => {
         clock.token()
+        relay.counted(tokens)
         const text = trimStart ? piece.trimStart() : piece
         if (text === '') return
         trimStart = false
-        void relay.push(text)
+        relay.text(text)
       },
     )
     await relay.flush()
@@ -260,6 +275,7 @@ async function generate(req: GenerateMessage) {
       if (outputTokens === 0) firstChunk = [...tokens]
       clock.token()
       outputTokens += tokens.length
+      relay.counted(tokens.length)
     }
     const onTextChunk = (chunk: string) => {
       let text = chunk
@@ -267,7 +283,7 @@ async function generate(req: GenerateMessage) {
         text = model.detokenize(firstChunk, false, model.tokenize(continues.slice(-256)).slice(-16))
       }
       firstChunk = undefined
-      if (text !== '') void relay.push(text)
+      relay.text(text)
     }
     const common = {
       ...samplingFor(req.options),

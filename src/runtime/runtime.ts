@@ -54,7 +54,8 @@ export interface ScoreRequest extends RunnerScoreRequest {
 export type { RunnerScore as ScoreResult } from './runner-client.ts'
 
 export type RuntimeEvent =
-  | { type: 'token'; text: string }
+  /** `tokens`: how many output tokens `text` holds */
+  | { type: 'token'; text: string; tokens: number }
   | { type: 'done'; stats: GenerationStats; loadMs: number; totalMs: number }
 
 export interface LoadedModel {

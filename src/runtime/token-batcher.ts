@@ -5,8 +5,11 @@
 // this kind of machine, so a fast model sending one frame per token paid for it in speed.
 
 export interface TokenBatcher {
-  /** Queues one token's text; resolves at once unless too much is waiting (that wait is the backpressure). */
-  push(text: string): Promise<void>
+  /**
+   * Queues the text of `tokens` tokens (default one); resolves at once unless too much is
+   * waiting (that wait is the backpressure).
+   */
+  push(text: string, tokens?: number): Promise<void>
   /** Resolves when everything queued was sent; rejects with the first send error. */
   flush(): Promise<void>
 }
@@ -28,7 +31,7 @@ function cutAt(text: string, max: number): number {
 }
 
 export function createTokenBatcher(
-  /** `tokens`: how many pushes the text holds (all of them go with the first frame of a cut batch). */
+  /** `tokens`: how many tokens the text holds (all of them go with the first frame of a cut batch). */
   send: (text: string, tokens: number) => Promise<void>,
   init: TokenBatcherInit,
 ): TokenBatcher {
@@ -73,10 +76,10 @@ export function createTokenBatcher(
   }
 
   return {
-    async push(text) {
+    async push(text, tokens = 1) {
       check()
       pending += text
-      pendingTokens++
+      pendingTokens += tokens
       start()
       while (pending.length > init.maxPendingChars && pump !== undefined) await pump
       check()

@@ -35,7 +35,11 @@ async function* cheat(req: GenerateRequest): AsyncGenerator<RuntimeEvent> {
     return
   }
   for (let i = 0; i < 24; i++)
-    yield { type: 'token', text: `${i === 0 ? '' : ' '}${WORDS[Math.floor(random() * WORDS.length)]}` }
+    yield {
+      type: 'token',
+      text: `${i === 0 ? '' : ' '}${WORDS[Math.floor(random() * WORDS.length)]}`,
+      tokens: 1,
+    }
   const stats = { reason: 'length' as const, promptTokens: 4, outputTokens: 24, promptEvalMs: 1, evalMs: 5 }
   yield { type: 'done', stats, loadMs: 0, totalMs: 6 }
 }

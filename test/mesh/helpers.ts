@@ -83,7 +83,7 @@ export function fakeRunJob(
       for (let i = 0; opts.forever === true || i < tokens.length; i++) {
         await sleep(delayMs, undefined, { signal })
         count++
-        yield { type: 'token', text: tokens[i % tokens.length]! }
+        yield { type: 'token', text: tokens[i % tokens.length]!, tokens: 1 }
       }
       yield {
         type: 'done',

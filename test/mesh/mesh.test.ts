@@ -62,7 +62,7 @@ async function startDaemon(models: ModelRecord[], loaded: string[]): Promise<Fak
       } finally {
         daemon.running--
       }
-      yield { type: 'token', text: `${req.model.name} from ${identity.id.slice(-6)}` }
+      yield { type: 'token', text: `${req.model.name} from ${identity.id.slice(-6)}`, tokens: 1 }
       const stats = { reason: 'stop' as const, promptTokens: 2, outputTokens: 3, promptEvalMs: 1, evalMs: 10 }
       yield { type: 'done', stats, loadMs: 0, totalMs: 1 }
     },

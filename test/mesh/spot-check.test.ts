@@ -44,7 +44,7 @@ const IMPATIENT = 4
 /** A worker that never runs the model: it streams made-up words and signs for them. */
 const cheatingRunJob: RunJob = async function* () {
   const words = ['banana', ' tick', ' floor', ' tock', ' commons', ' zebra', ' credits', ' seven']
-  for (let i = 0; i < 24; i++) yield { type: 'token', text: words[(i * 5 + 3) % words.length]! }
+  for (let i = 0; i < 24; i++) yield { type: 'token', text: words[(i * 5 + 3) % words.length]!, tokens: 1 }
   yield {
     type: 'done',
     stats: { reason: 'length', promptTokens: 3, outputTokens: 24, promptEvalMs: 1, evalMs: 10 },
