@@ -19,7 +19,12 @@
 // separates what the mesh layer costs from what other subsystems (ledger sync, …) add.
 // The window should cover a capacity keep-alive (60 s) so each node's keep-alive is in it.
 //
+// --ledger-keep-alive 5s sets the daemons' mesh.ledgerKeepAlive (unchanged ledger heads
+// re-announced this often; default 40s): 5s is what every daemon did before it was a
+// keep-alive, so a run with it and one without show what the change saved.
+//
 //   node bench/mesh-discovery.ts [--sizes 3,5,10] [--window 60] [--settle 30] [--joins 3] [--mesh-only]
+//                                [--ledger-keep-alive 40s]
 
 import { spawn, spawnSync } from 'node:child_process'
 import { createInterface } from 'node:readline'
@@ -37,8 +42,10 @@ const { values } = parseArgs({
     joins: { type: 'string', default: '3' },
     settle: { type: 'string', default: '30' },
     'mesh-only': { type: 'boolean', default: false },
+    'ledger-keep-alive': { type: 'string' },
   },
 })
+const LEDGER_KEEP_ALIVE = values['ledger-keep-alive']
 const SIZES = values.sizes.split(',').map(Number)
 const WINDOW_S = Number(values.window)
 const JOINS = Number(values.joins)
@@ -117,7 +124,10 @@ async function startNode(bootstrap: string | undefined): Promise<Node> {
     // Mesh-only daemons: no runner is ever started here, so the sandbox is not under test.
     sandbox: 'none',
     startTimeoutMs: 120_000,
-    env: bootstrap === undefined ? {} : { SUBSTRATE_BOOTSTRAP: bootstrap },
+    env: {
+      ...(bootstrap === undefined ? {} : { SUBSTRATE_BOOTSTRAP: bootstrap }),
+      ...(LEDGER_KEEP_ALIVE === undefined ? {} : { SUBSTRATE_LEDGER_KEEP_ALIVE: LEDGER_KEEP_ALIVE }),
+    },
   })
   const { id, addr } = await status(daemon.url)
   return {
@@ -316,6 +326,7 @@ async function main(): Promise<void> {
           nodes: values['mesh-only']
             ? 'mesh layer only (bench/mesh-worker-process.ts)'
             : 'substrate serve daemons',
+          ledgerKeepAlive: values['mesh-only'] ? null : (LEDGER_KEEP_ALIVE ?? 'default (40s)'),
           counts:
             'bytes per node per second, in + out, on every mesh connection (ss: kernel socket counters; meter: the node’s libp2p meter), median over the nodes, after settling',
           growth,

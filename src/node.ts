@@ -214,7 +214,10 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
       })
       cleanup.unshift(offJobEnd)
       // The ledger on the network: heads gossip, and pulls of only what is missing.
-      const ledgerSync = createLedgerSync({ mesh: started.node, ledger, logger })
+      const ledgerSync = createLedgerSync(
+        { mesh: started.node, ledger, logger },
+        { keepAliveMs: config.mesh.ledgerKeepAlive },
+      )
       await ledgerSync.start()
       cleanup.unshift(() => ledgerSync.stop())
       // Spot checks (DESIGN.md step 8): a sampled share of the receipts we countersign goes to

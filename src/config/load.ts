@@ -80,6 +80,7 @@ const shortNames: Record<string, ConfigKey> = {
   relaymaxreservations: 'mesh.relayMaxReservations',
   relayclient: 'mesh.relayClient',
   randomwalk: 'mesh.randomWalk',
+  ledgerkeepalive: 'mesh.ledgerKeepAlive',
 }
 const dottedNames = new Map<string, ConfigKey>(configKeys.map((key) => [normalise(key), key]))
 
@@ -243,6 +244,7 @@ const numericKeys = new Set<ConfigKey>([
   'runtime.streamWindow',
   'mesh.relayMaxReservations',
   'mesh.randomWalk',
+  'mesh.ledgerKeepAlive',
 ])
 
 /** Validates one value in its layer and returns it ready for configSchema. */
@@ -321,6 +323,7 @@ function displayValue(config: Config, key: ConfigKey): string {
   }
   if (key === 'models.quota') return config.models.quota === 0 ? '0 (no limit)' : String(config.models.quota)
   if (key === 'mesh.stallTimeout') return formatDuration(config.mesh.stallTimeout)
+  if (key === 'mesh.ledgerKeepAlive') return formatDuration(config.mesh.ledgerKeepAlive)
   if (key === 'runtime.streamWindow') return formatDuration(config.runtime.streamWindow)
   if (key === 'runtime.llamaServer') return config.runtime.llamaServer ?? '(the built one)'
   if (key === 'mesh.listen' || key === 'mesh.bootstrap') {

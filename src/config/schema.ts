@@ -40,6 +40,7 @@ export const configKeys = [
   'mesh.relayMaxReservations',
   'mesh.relayClient',
   'mesh.randomWalk',
+  'mesh.ledgerKeepAlive',
 ] as const
 export type ConfigKey = (typeof configKeys)[number]
 
@@ -306,6 +307,10 @@ export const leafSchemas = {
     schema: z.number().int().min(0).max(1000),
     expect: 'an integer from 0 (off) to 1000 (walk the DHT while fewer peers are connected)',
   },
+  'mesh.ledgerKeepAlive': {
+    schema: durationBetween(1000, 3_600_000, 'a duration from 1s to 1h'),
+    expect: 'a duration from 1s to 1h, like "40s" (unchanged ledger heads are re-announced this often)',
+  },
 } as const satisfies Record<ConfigKey, { schema: z.ZodType; expect: string }>
 
 export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
@@ -388,6 +393,11 @@ export const configSchema = z
         relayClient: leafSchemas['mesh.relayClient'].schema.default(true),
         /** Walk the DHT from random keys while fewer than this many peers are connected (0: off). */
         randomWalk: leafSchemas['mesh.randomWalk'].schema.default(8),
+        /**
+         * Milliseconds after our last ledger heads announcement that unchanged heads are
+         * announced again (±25%): the backstop for a lost one; every change is announced at once.
+         */
+        ledgerKeepAlive: leafSchemas['mesh.ledgerKeepAlive'].schema.prefault('40s'),
       })
       .prefault({}),
     models: z

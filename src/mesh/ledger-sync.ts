@@ -11,7 +11,8 @@
 // do not count against it.
 //
 // Heads gossip: every node announces a digest of its vector on `substrate/ledger-heads/1`
-// every few seconds and soon after its ledger changes. A connected peer whose digest
+// soon after its ledger changes (≤ 100 ms, coalesced), and unchanged heads again only as a
+// slow keep-alive (30–50 s after its last announcement, jittered). A connected peer whose digest
 // differs from ours, and who holds at least as many ops, is pulled from; otherwise it will
 // pull from us. At most one pull per peer at a time, a minimum gap between pulls from one
 // peer, and a few pulls at once overall. A newly identified peer that speaks the protocol
@@ -56,6 +57,15 @@ import type { MeshNode } from './libp2p-node.ts'
 
 export { LEDGER_HEADS_TOPIC, LEDGER_SYNC_PROTOCOL } from './ledger-sync-codec.ts'
 
+/**
+ * Unchanged heads are re-announced 30–50 s after the last announcement. Not shorter: at rest
+ * this is the topic's whole cost (a 5 s tick made it the largest in a resting mesh, ~1.9 KB/s
+ * sent per node at 10 daemons), and it only matters when an announcement is lost between
+ * peers that stay connected. Not longer: such a loss then lasts less than a minute, within
+ * the capacity records' 60 s keep-alive, so the ledger is never staler than the capacity view.
+ */
+export const DEFAULT_HEADS_KEEP_ALIVE_MS = 40_000
+
 export interface LedgerSyncComponents {
   mesh: Pick<MeshNode, 'libp2p' | 'peerId'>
   ledger: Ledger
@@ -63,8 +73,13 @@ export interface LedgerSyncComponents {
 }
 
 export interface LedgerSyncInit {
-  /** Re-announce our heads this often even when nothing changed (anti-entropy). */
-  announceIntervalMs?: number
+  /**
+   * Re-announce unchanged heads this long after our last announcement (±25%, jittered): the
+   * anti-entropy backstop for an announcement lost between peers that stayed connected.
+   * Every change is announced at once anyway, and a (re)connect or a new subscriber gets a
+   * pull or an announcement of its own, so this can be slow. Default 40 s.
+   */
+  keepAliveMs?: number
   /** Shortest gap between two of our announcements. */
   minAnnounceGapMs?: number
   /** Shortest gap between two pulls from one peer. */
@@ -187,7 +202,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   const libp2p = components.mesh.libp2p
   const self = components.mesh.peerId
   const log = components.logger.child('ledger-sync')
-  const announceIntervalMs = init.announceIntervalMs ?? 5_000
+  const keepAliveMs = init.keepAliveMs ?? DEFAULT_HEADS_KEEP_ALIVE_MS
   const minAnnounceGapMs = init.minAnnounceGapMs ?? 100
   const minSyncGapMs = init.minSyncGapMs ?? 100
   const failureBackoffMs = init.failureBackoffMs ?? 3_000
@@ -228,7 +243,7 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
   let running = false
   let stopping = new AbortController()
   let cached: HeadsSummary | undefined
-  let interval: NodeJS.Timeout | undefined
+  let keepAlive: NodeJS.Timeout | undefined
   let pendingAnnounce: NodeJS.Timeout | undefined
   let pendingAnnounceAt = 0
   let lastAnnounce = 0
@@ -501,6 +516,12 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
           state.notBefore = Date.now() + (hostile ? 10 * failureBackoffMs : failureBackoffMs)
           if (hostile) state.hostileUntil = state.notBefore
           log.debug('ledger pull failed', { peer, code: error.code, error: error.message })
+          // Once the backoff is over, again if the peer still announces heads we lack: its next
+          // announcement may be a keep-alive away, and nothing else would ask.
+          if (!hostile && !state.again) {
+            state.again = true
+            state.againIfBehind = true
+          }
         })
         .finally(() => {
           activePulls--
@@ -660,9 +681,27 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     return TopicValidatorResult.Accept
   }
 
+  // Anti-entropy: unchanged heads are announced again one keep-alive after our last
+  // announcement, whatever prompted it, so a node whose ledger changes often sends no
+  // keep-alives at all. Jittered (±25%), so that nodes started together do not announce, and
+  // pull from one another, in step.
+  const armKeepAlive = () => {
+    clearTimeout(keepAlive)
+    if (!running) return
+    keepAlive = setTimeout(
+      () => {
+        keepAlive = undefined
+        announce()
+      },
+      keepAliveMs * (0.75 + Math.random() / 2),
+    )
+    keepAlive.unref()
+  }
+
   const publish = async () => {
     if (!running) return
     lastAnnounce = Date.now()
+    armKeepAlive()
     try {
       const ops = ownOpsOverflow ? [] : ownOps
       ownOps = []
@@ -772,27 +811,14 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         }
       }
       headsLog ??= setImmediate(logHeads)
-      // Anti-entropy: a missed announcement costs at most one interval. Jittered (±25%), so
-      // that nodes started together do not announce, and pull from one another, in step.
-      const tick = () => {
-        interval = setTimeout(
-          () => {
-            if (!running) return
-            void publish()
-            tick()
-          },
-          announceIntervalMs * (0.75 + Math.random() / 2),
-        )
-        interval.unref()
-      }
-      tick()
       announce()
     },
     async stop() {
       if (!running) return
       running = false
       stopping.abort(new SubstrateError('E_CANCELLED', 'ledger sync is stopping'))
-      clearTimeout(interval)
+      clearTimeout(keepAlive)
+      keepAlive = undefined
       clearTimeout(pendingAnnounce)
       pendingAnnounce = undefined
       if (headsLog !== undefined) clearImmediate(headsLog)

@@ -335,6 +335,31 @@ describe('ledger sync: faults', () => {
     assert.equal(b.ledger.log.heads().vector.size, 0)
   })
 
+  test('a pull that failed is tried again after the backoff while the peer still announces heads we lack', async () => {
+    const author = generateIdentity()
+    const held = chain(author, [genesisOp(), genesisOp()]).map((op) => op.bytes)
+    const h = track(
+      await startScriptedResponder(async (ch, _request, session) => {
+        if (session === 0) await ch.write({ t: 'error', code: 'E_LEDGER_SYNC_BUSY', message: 'busy' })
+        else {
+          await ch.write(ops(held))
+          await ch.write({ t: 'end', more: false })
+        }
+      }),
+    )
+    // Pulls on no connect: one announcement of h is all that asks, and h says it only once.
+    const b = await peer({ init: { ...manual, failureBackoffMs: 300 } })
+    const failures: string[] = []
+    b.sync.onSync((_r, err) => err && failures.push(err.code))
+    await connect(b, h)
+    await waitFor(() => h.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0, 'subscribed')
+    const heads = encodeAnnouncement({ digest: new Uint8Array(32).fill(9), total: held.length, authors: 1 })
+    await h.mesh.libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, heads)
+    await waitFor(() => b.ledger.log.heads().vector.get(author.id)?.seq === 2, 'the ops at b', 10_000)
+    assert.deepEqual(failures, ['E_LEDGER_SYNC_BUSY'])
+    assert.equal(h.sessions(), 2)
+  })
+
   test('an endless stream stops at the session cap on ops', async () => {
     const author = generateIdentity()
     const [first] = chain(author, [genesisOp()])
@@ -513,5 +538,76 @@ describe("ledger sync: eager push of a node's own ops with its announcement", ()
     await sleep(1_200)
     assert.equal(b.sync.stats().pulls, 1, 'the announced pull ran although nothing was missing')
     assert.ok(converged([a, b])())
+  })
+})
+
+describe('ledger sync: heads announced on change, unchanged heads only as a keep-alive', () => {
+  const hex = (digest: Uint8Array) => Buffer.from(digest).toString('hex')
+  /** Every heads announcement of `origin` that reached `at` as a gossip message, with its digest. */
+  const heardFrom = (at: LedgerPeer, origin: LedgerPeer) => {
+    const heard: string[] = []
+    const from = origin.mesh.libp2p.peerId
+    at.mesh.libp2p.services.pubsub.addEventListener('message', (evt) => {
+      const msg = evt.detail
+      if (msg.topic !== LEDGER_HEADS_TOPIC || msg.type !== 'signed' || !msg.from.equals(from)) return
+      heard.push(hex(decodeAnnouncement(msg.data).digest))
+    })
+    return heard
+  }
+  const subscribed = async (...nodes: LedgerPeer[]) => {
+    await waitFor(
+      () => nodes.every((n) => n.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0),
+      'subscriptions',
+    )
+    await sleep(1_500) // gossipsub meshes form on the heartbeat
+  }
+
+  test('with the default keep-alive, a change is announced at once and unchanged heads are not re-announced', async () => {
+    // Default settings: unchanged heads wait 30–50 s, so every announcement of a within this
+    // test is one of a change. The old 5 s tick (±25%) would have sent one in any 6.25 s.
+    const [a, b] = [await peer(), await peer()]
+    await connect(a, b)
+    await subscribed(a, b)
+    const heard = heardFrom(b, a)
+    const announced = a.sync.stats().announced
+    a.ledger.append(a.identity, genesisOp())
+    const first = hex(a.sync.summary().digest)
+    await waitFor(() => heard.length > 0, 'the change announced', 10_000)
+    assert.deepEqual(heard, [first])
+    await sleep(7_000)
+    assert.deepEqual(heard, [first], 'unchanged heads were re-announced')
+    // The next change goes out at once, whenever it comes.
+    a.ledger.append(a.identity, genesisOp())
+    const second = hex(a.sync.summary().digest)
+    await waitFor(() => heard.length > 1, 'the second change announced', 10_000)
+    assert.deepEqual(heard, [first, second])
+    assert.equal(a.sync.stats().announced - announced, 2)
+    await waitFor(converged([a, b]), 'identical heads', 10_000)
+  })
+
+  test('unchanged heads are re-announced at the keep-alive: a peer that missed the change catches up', async () => {
+    // This test is about the keep-alive itself: 2 s (1.5–2.5 s) instead of 40 s. b takes one
+    // announcement of a per 3 s and pulls on no connect, so it misses a change announced in a
+    // clump, and only a later announcement of the unchanged heads can tell it.
+    const b = await peer({ init: { syncOnConnect: false, announcementBurst: 1, minAnnouncementGapMs: 3_000 } })
+    const a = await peer({ init: { syncOnConnect: false, keepAliveMs: 2_000, minAnnounceGapMs: 0 } })
+    await connect(b, a)
+    await subscribed(a, b)
+    const heard = heardFrom(b, a)
+    const dropped = b.sync.stats().announcementsDropped
+    // Two announcements back to back take b's one token; the change (its op riding along) comes third.
+    a.sync.announce()
+    await sleep(1)
+    a.sync.announce()
+    await sleep(1)
+    a.ledger.append(a.identity, genesisOp())
+    const changed = hex(a.sync.summary().digest)
+    await waitFor(() => b.sync.stats().announcementsDropped > dropped, 'announcements dropped at b', 10_000)
+    await waitFor(converged([a, b]), 'b caught up by the keep-alive', 15_000)
+    // Not by the change's own announcement (its op would have come by push), but by a pull
+    // that only an announcement of a's new heads, made after the change, could ask for.
+    assert.equal(b.sync.stats().pushedOpsAdded, 0, 'the change reached b')
+    assert.ok(b.sync.stats().pulls >= 1)
+    assert.ok(heard.includes(changed), 'the unchanged heads were re-announced')
   })
 })

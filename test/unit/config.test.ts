@@ -282,6 +282,7 @@ describe('mesh config', () => {
       relayMaxReservations: 32,
       relayClient: true,
       randomWalk: 8,
+      ledgerKeepAlive: 40_000,
     })
   })
 
@@ -401,6 +402,20 @@ describe('mesh config', () => {
     }
     const config = loadConfig({ env: {}, home: homeWith(), flags: { 'mesh-stall-timeout': '2m' } })
     assert.equal(config.mesh.stallTimeout, 120_000)
+  })
+
+  test('the ledger heads keep-alive is a duration from 1s to 1h, from any layer', () => {
+    for (const bad of ['0', '-1', '500ms', '2h', 'often']) {
+      rejects(
+        () => loadConfig({ env: { SUBSTRATE_LEDGER_KEEP_ALIVE: bad }, home: homeWith() }),
+        'E_CONFIG',
+        'SUBSTRATE_LEDGER_KEEP_ALIVE: mesh.ledgerKeepAlive must be a duration from 1s to 1h',
+      )
+    }
+    assert.equal(loadConfig({ env: {}, home: homeWith('[mesh]\nledger_keep_alive = "1m"\n') }).mesh.ledgerKeepAlive, 60_000)
+    const config = loadConfig({ env: {}, home: homeWith(), flags: { 'ledger-keep-alive': '5s' } })
+    assert.equal(config.mesh.ledgerKeepAlive, 5_000)
+    assert.equal(describeConfig(config).find((e) => e.key === 'mesh.ledgerKeepAlive')?.value, '5s')
   })
 })
 
