@@ -163,6 +163,7 @@ const envVars = [
   'SUBSTRATE_RELAY_MAX_RESERVATIONS',
   'SUBSTRATE_RELAY_CLIENT',
   'SUBSTRATE_RANDOM_WALK',
+  'SUBSTRATE_LEDGER_KEEP_ALIVE',
 ]
 
 function envLayer(env: NodeJS.ProcessEnv): Layer {

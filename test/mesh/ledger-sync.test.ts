@@ -352,7 +352,10 @@ describe('ledger sync: faults', () => {
     const failures: string[] = []
     b.sync.onSync((_r, err) => err && failures.push(err.code))
     await connect(b, h)
-    await waitFor(() => h.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0, 'subscribed')
+    await waitFor(
+      () => h.mesh.libp2p.services.pubsub.getSubscribers(LEDGER_HEADS_TOPIC).length > 0,
+      'subscribed',
+    )
     const heads = encodeAnnouncement({ digest: new Uint8Array(32).fill(9), total: held.length, authors: 1 })
     await h.mesh.libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, heads)
     await waitFor(() => b.ledger.log.heads().vector.get(author.id)?.seq === 2, 'the ops at b', 10_000)
@@ -589,7 +592,9 @@ describe('ledger sync: heads announced on change, unchanged heads only as a keep
     // This test is about the keep-alive itself: 2 s (1.5–2.5 s) instead of 40 s. b takes one
     // announcement of a per 3 s and pulls on no connect, so it misses a change announced in a
     // clump, and only a later announcement of the unchanged heads can tell it.
-    const b = await peer({ init: { syncOnConnect: false, announcementBurst: 1, minAnnouncementGapMs: 3_000 } })
+    const b = await peer({
+      init: { syncOnConnect: false, announcementBurst: 1, minAnnouncementGapMs: 3_000 },
+    })
     const a = await peer({ init: { syncOnConnect: false, keepAliveMs: 2_000, minAnnounceGapMs: 0 } })
     await connect(b, a)
     await subscribed(a, b)

@@ -412,7 +412,10 @@ describe('mesh config', () => {
         'SUBSTRATE_LEDGER_KEEP_ALIVE: mesh.ledgerKeepAlive must be a duration from 1s to 1h',
       )
     }
-    assert.equal(loadConfig({ env: {}, home: homeWith('[mesh]\nledger_keep_alive = "1m"\n') }).mesh.ledgerKeepAlive, 60_000)
+    assert.equal(
+      loadConfig({ env: {}, home: homeWith('[mesh]\nledger_keep_alive = "1m"\n') }).mesh.ledgerKeepAlive,
+      60_000,
+    )
     const config = loadConfig({ env: {}, home: homeWith(), flags: { 'ledger-keep-alive': '5s' } })
     assert.equal(config.mesh.ledgerKeepAlive, 5_000)
     assert.equal(describeConfig(config).find((e) => e.key === 'mesh.ledgerKeepAlive')?.value, '5s')
