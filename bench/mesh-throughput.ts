@@ -23,10 +23,12 @@ const ROUNDS = Number(values.rounds)
 const N_PREDICT = Number(values.predict)
 const THREADS = Number(values.threads)
 const MODEL = 'substrate-bench'
-// A different opening each round, so no path can reuse a cached prefix from the round before.
+// A different opening each round, and a different first letter per path, so neither path can
+// reuse a prompt prefix the other (or the round before) left in the worker's cache: both run
+// on the same worker, and the second path of a round would otherwise skip the prompt.
 const OPENINGS = ['Rivers', 'Lanterns', 'Quiet snow', 'Bakers', 'Tall grass', 'Old maps', 'Evening trains']
-const promptFor = (r: number) =>
-  `${OPENINGS[r % OPENINGS.length]} ${r}: the valley is slow, the mill keeps turning, and the ferry waits for the last passengers of the night.`
+const promptFor = (r: number, path: 'local' | 'mesh') =>
+  `${path === 'local' ? 'L' : 'M'}${r}. ${OPENINGS[r % OPENINGS.length]}: the valley is slow, the mill keeps turning, and the ferry waits for the last passengers of the night.`
 
 interface MeshPeers {
   peers: Array<{ id: string; models: Array<{ name: string; loaded: boolean }> }>
@@ -72,8 +74,9 @@ async function main(): Promise<void> {
     for (let r = 0; r < ROUNDS; r++) {
       const order = r % 2 === 0 ? (['local', 'mesh'] as const) : (['mesh', 'local'] as const)
       for (const path of order) {
-        samples[path].push(await streamGenerate(paths[path], MODEL, promptFor(r), N_PREDICT))
-        probes[path].push((await streamGenerate(paths[path], MODEL, `Word${r}`, 1)).ttftMs)
+        samples[path].push(await streamGenerate(paths[path], MODEL, promptFor(r, path), N_PREDICT))
+        const word = `${path === 'local' ? 'L' : 'M'}word${r}`
+        probes[path].push((await streamGenerate(paths[path], MODEL, word, 1)).ttftMs)
       }
     }
     const summary = (path: 'local' | 'mesh') => ({
