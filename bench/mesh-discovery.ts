@@ -31,6 +31,7 @@ import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
 import { generateIdentity } from '../src/identity/keys.ts'
 import { signCapacityRecord } from '../src/mesh/capacity-record.ts'
+import type { LinkStats } from '../src/mesh/peer-keeper.ts'
 import type { TrafficCounters, TrafficSnapshot } from '../src/mesh/traffic-meter.ts'
 import { sourceRevision, startDaemon } from './daemon-process.ts'
 import { loadAverage, machineInfo, median, round, sleep } from './machine.ts'
@@ -62,7 +63,13 @@ interface Node {
 
 interface PeersBody {
   peers: Array<{ id: string }>
-  gossip?: { published: number; accepted: number; rateLimited: number; traffic?: TrafficSnapshot }
+  gossip?: {
+    published: number
+    accepted: number
+    rateLimited: number
+    traffic?: TrafficSnapshot
+    links?: LinkStats
+  }
 }
 
 async function status(url: string): Promise<{ id: string; addr: string }> {
@@ -191,6 +198,7 @@ async function measureBytes(nodes: Node[]) {
   )
   return {
     ...breakdown(gossipBefore, gossipAfter),
+    links: linkSummary(gossipBefore, gossipAfter),
     nodes: nodes.length,
     bytesPerSecondPerNode: {
       median: round(median(totals)),
@@ -226,6 +234,7 @@ function breakdown(before: PeersBody[], after: PeersBody[]) {
   const protocols: Record<string, number> = {}
   const streams: Record<string, number> = {}
   const gossipSent: Record<string, number> = {}
+  const dhtRequests: Record<string, number> = {}
   for (const [b, a] of pairs) {
     for (const [name, c] of Object.entries(a.protocols)) {
       protocols[name] = (protocols[name] ?? 0) + both(c) - both(b.protocols[name])
@@ -233,6 +242,8 @@ function breakdown(before: PeersBody[], after: PeersBody[]) {
     }
     for (const [part, bytes] of Object.entries(a.gossipSent))
       gossipSent[part] = (gossipSent[part] ?? 0) + bytes - (b.gossipSent[part] ?? 0)
+    for (const [type, n] of Object.entries(a.dhtRequests ?? {}))
+      dhtRequests[type] = (dhtRequests[type] ?? 0) + n - (b.dhtRequests?.[type] ?? 0)
   }
   const sorted = (o: Record<string, number>) =>
     Object.fromEntries(
@@ -245,10 +256,42 @@ function breakdown(before: PeersBody[], after: PeersBody[]) {
       wireInOutPerNode: { median: round(median(wire)), max: round(Math.max(...wire)) },
       protocolsInOutPerNode: sorted(protocols),
       gossipsubSentPerNode: sorted(gossipSent),
+      // Kad-DHT requests each node sent (one stream each), per minute, by message type.
+      dhtRequestsPerNodePerMinute: Object.fromEntries(
+        Object.entries(dhtRequests).map(
+          ([k, v]) => [k, round((v / pairs.length / WINDOW_S) * 60, 1)] as const,
+        ),
+      ),
       // Streams opened per node in the window: new gossipsub streams mean new connections.
       streamsOpenedPerNode: Object.fromEntries(
         Object.entries(streams).map(([k, v]) => [k, round(v / pairs.length, 1)] as const),
       ),
+    },
+  }
+}
+
+/**
+ * Each node's connections at the end of the window (open, distinct peers, duplicates beyond
+ * one per peer) and the connections opened / closed and redials during it, per node.
+ */
+function linkSummary(before: PeersBody[], after: PeersBody[]) {
+  const pairs = after
+    .map((a, i) => [before[i]?.gossip?.links, a.gossip?.links] as const)
+    .filter((p): p is readonly [LinkStats, LinkStats] => p[0] !== undefined && p[1] !== undefined)
+  if (pairs.length === 0) return null
+  const spread = (values: number[]) => ({
+    median: median(values),
+    min: Math.min(...values),
+    max: Math.max(...values),
+  })
+  return {
+    connectionsPerNode: spread(pairs.map(([, a]) => a.connections)),
+    peersPerNode: spread(pairs.map(([, a]) => a.peers)),
+    duplicatesPerNode: spread(pairs.map(([, a]) => a.duplicates)),
+    inWindowPerNode: {
+      opened: spread(pairs.map(([b, a]) => a.opened - b.opened)),
+      closed: spread(pairs.map(([b, a]) => a.closed - b.closed)),
+      redials: spread(pairs.map(([b, a]) => a.redials.attempts - b.redials.attempts)),
     },
   }
 }

@@ -3,9 +3,10 @@
 // that answers at once, so what a benchmark measures is the mesh, not a model. It also serves
 // `/bench/echo/1` (one frame back) as the floor of a stream round trip. Prints
 // {"id", "addr"} as one JSON line; for each line "peers" on stdin prints
-// {"peers": [ids in its capacity view], "gossip": counters}; stops when stdin closes.
+// {"peers": [ids in its capacity view], "gossip": counters}, for "conns" its open connections
+// (peer, direction, address, age, streams); stops when stdin closes.
 //
-//   node bench/mesh-worker-process.ts [--bootstrap ADDR] [--publish-interval MS]
+//   node bench/mesh-worker-process.ts [--bootstrap ADDR] [--publish-interval MS] [--keep-peers on|no-dedupe|off]
 
 import { createInterface } from 'node:readline'
 import { parseArgs } from 'node:util'
@@ -52,13 +53,23 @@ if (import.meta.main) {
       bootstrap: { type: 'string' },
       'publish-interval': { type: 'string' },
       'job-slots': { type: 'string', default: '8' },
+      // The peer keeper (redials, one connection per peer), or parts of it off, to compare.
+      'keep-peers': { type: 'string', default: 'on' },
     },
   })
   const identity = generateIdentity()
   const mesh = await createMesh(
     { identity, logger: silentLogger, models: { list: () => [benchModel] }, runtime: instantRuntime },
     {
-      node: values.bootstrap === undefined ? {} : { bootstrap: [values.bootstrap] },
+      node: {
+        ...(values.bootstrap === undefined ? {} : { bootstrap: [values.bootstrap] }),
+        keepPeers:
+          values['keep-peers'] === 'off'
+            ? false
+            : values['keep-peers'] === 'no-dedupe'
+              ? { dedupe: false }
+              : {},
+      },
       jobs: { maxConcurrentJobs: Number(values['job-slots']) },
       ...(values['publish-interval'] === undefined
         ? {}
@@ -75,6 +86,18 @@ if (import.meta.main) {
   await mesh.start()
   process.stdout.write(`${JSON.stringify({ id: identity.id, addr: mesh.node.multiaddrs()[0] })}\n`)
   createInterface({ input: process.stdin }).on('line', (line) => {
+    if (line.trim() === 'conns') {
+      const conns = mesh.node.libp2p.getConnections().map((c) => ({
+        peer: c.remotePeer.toString(),
+        direction: c.direction,
+        addr: c.remoteAddr.toString(),
+        status: c.status,
+        ageMs: Date.now() - c.timeline.open,
+        streams: c.streams.map((s) => `${s.direction === 'inbound' ? 'in' : 'out'} ${s.protocol ?? '?'}`),
+      }))
+      process.stdout.write(`${JSON.stringify({ conns })}\n`)
+      return
+    }
     if (line.trim() !== 'peers') return
     const peers = mesh.capacity.view().map((e) => ({ id: e.peer }))
     process.stdout.write(`${JSON.stringify({ peers, gossip: mesh.gossip() })}\n`)

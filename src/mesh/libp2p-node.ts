@@ -48,6 +48,13 @@ import {
   walkThrottle,
 } from './libp2p-services.ts'
 import { createNoiseCrypto } from './noise-crypto.ts'
+import {
+  type LinkStats,
+  MESH_PEER_TAG,
+  type PeerKeeper,
+  type PeerKeeperInit,
+  peerKeeper,
+} from './peer-keeper.ts'
 import { createTrafficMeter, type TrafficSnapshot } from './traffic-meter.ts'
 
 /** Every mesh protocol id starts with this, so a Substrate DHT never merges with IPFS's. */
@@ -65,6 +72,8 @@ export type MeshServices = {
   dcutr: unknown
   reachability: ReachabilityService
   walkThrottle: WalkThrottle
+  /** Redials known mesh peers whose link dropped (absent when `keepPeers` is false). */
+  peerKeeper?: PeerKeeper
   // Not `randomWalk`: a service is also registered as a component under its key, and that one
   // would replace libp2p's RandomWalk component that relay discovery and AutoNAT walk with.
   walkDiscovery?: RandomWalkDiscovery
@@ -152,6 +161,11 @@ export interface MeshNodeInit {
    * (default 10 s): a first dial lost to a busy peer or a late start must not leave a node alone.
    */
   rejoinIntervalMs?: number
+  /**
+   * Redial known mesh peers (they spoke a Substrate protocol with us) when their link drops,
+   * with a jittered, capped backoff (peer-keeper.ts); `false` turns it off.
+   */
+  keepPeers?: PeerKeeperInit | false
 }
 
 export interface MeshNode {
@@ -168,6 +182,8 @@ export interface MeshNode {
   connectionKind(peer: string): 'direct' | 'relayed' | undefined
   /** Bytes sent and received so far: on the wire, per protocol, and gossipsub's by part. */
   traffic(): TrafficSnapshot
+  /** Connections now (per peer, spares) and the redials of dropped mesh links since start. */
+  links(): LinkStats | undefined
   start(): Promise<void>
   stop(): Promise<void>
 }
@@ -225,7 +241,10 @@ export async function createMeshNode(
       // Pings every connection (a dead one is closed) and keeps its round trip, which
       // peer-latency.ts reads; libp2p's 10 s default is a ping stream per connection per side
       // every 10 s, a large share of a quiet mesh's traffic.
-      connectionMonitor: { pingInterval: 30_000 },
+      // A ping that takes over 10 s (libp2p's floor is 5 s) aborts the connection: a process
+      // starved of CPU for a few seconds no longer loses its links (peer-keeper.ts redials the
+      // ones that are lost anyway).
+      connectionMonitor: { pingInterval: 30_000, pingTimeout: { minTimeout: 10_000 } },
       connectionManager: {
         maxConnections: init.maxConnections ?? 100,
         maxIncomingPendingConnections: 10,
@@ -263,6 +282,7 @@ export async function createMeshNode(
           },
         }),
         walkThrottle: walkThrottle(),
+        ...(init.keepPeers === false ? {} : { peerKeeper: peerKeeper({ logger: log, ...init.keepPeers }) }),
         ...(randomWalkMin > 0
           ? {
               walkDiscovery: randomWalkDiscovery({
@@ -311,7 +331,12 @@ export async function createMeshNode(
     const known = await libp2p.peerStore.all({
       filters: [(p) => p.addresses.length > 0 && !p.id.equals(libp2p.peerId)],
     })
-    const picked = known.sort(() => Math.random() - 0.5).slice(0, max)
+    // Mesh peers first (they spoke our protocols before), in random order within each group.
+    const picked = known
+      .map((p) => ({ p, key: (p.tags.has(MESH_PEER_TAG) ? 0 : 1) + Math.random() }))
+      .sort((a, b) => a.key - b.key)
+      .map(({ p }) => p)
+      .slice(0, max)
     const results = await Promise.allSettled(
       picked.map((p) => libp2p.dial(p.id, { signal: AbortSignal.timeout(10_000) })),
     )
@@ -364,6 +389,7 @@ export async function createMeshNode(
       }
     },
     traffic: () => traffic.snapshot(),
+    links: () => libp2p.services.peerKeeper?.stats(),
     connectionKind(peer) {
       const conns = libp2p
         .getConnections()

@@ -13,9 +13,11 @@ import type {
   PeerId,
   PeerInfo,
   PeerRouting,
+  PeerStore,
   Startable,
 } from '@libp2p/interface'
 import type { AddressManager, ConnectionManager, RandomWalk } from '@libp2p/interface-internal'
+import type { KadDHT } from '@libp2p/kad-dht'
 import { isPrivate } from '@libp2p/utils'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { Circuit } from '@multiformats/multiaddr-matcher'
@@ -113,13 +115,23 @@ export interface WalkThrottle extends Startable {
  * already connected to or met before (a small mesh, fully known; an undialable peer met
  * again is no news) and back to the minimum once one meets someone new. Walkers read the component when they walk, so replacing it at construction
  * reaches all of them (relay discovery, AutoNAT, `randomWalkDiscovery`).
+ *
+ * A query asks the DHT itself, not libp2p's PeerRouting: that one looks up the addresses of
+ * every peer the DHT answers with by a further DHT query each (`findPeer`, cache off), and the
+ * DHT answers with routing-table entries, which carry no addresses, so one walk query in a
+ * 10-node mesh cost ~90 FIND_NODE requests instead of ~9 (measured: 538 of the 538 FIND_NODE
+ * a 10-node mesh sent at rest in a minute came from 6 walk queries). The addresses are in
+ * the peer store already (every DHT answer's peers are put there as it arrives).
  */
 export function walkThrottle(init: WalkThrottleInit = {}) {
   return (components: {
     randomWalk: RandomWalk
     peerRouting: PeerRouting
+    peerStore: PeerStore
     connectionManager: ConnectionManager
     peerId: PeerId
+    /** Kad-DHT, when the node runs it as the service `dht` (services are components too). */
+    dht?: KadDHT
   }): WalkThrottle => {
     const minGapMs = init.minGapMs ?? 10_000
     const maxGapMs = init.maxGapMs ?? 10 * 60_000
@@ -153,7 +165,7 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
         queries++
         let metSomeoneNew = false
         try {
-          for await (const peer of components.peerRouting.getClosestPeers(randomBytes(32), { signal })) {
+          for await (const peer of closestPeers(randomBytes(32), signal)) {
             const id = peer.id.toString()
             if (
               !met.has(id) &&
@@ -171,6 +183,27 @@ export function walkThrottle(init: WalkThrottleInit = {}) {
           querying = undefined
           release()
         }
+      }
+    }
+
+    /** The DHT's closest peers to `key`, with their addresses from the peer store. */
+    async function* closestPeers(key: Uint8Array, signal: AbortSignal): AsyncGenerator<PeerInfo> {
+      let dht: KadDHT | undefined
+      try {
+        dht = components.dht // libp2p's components throw for a service that is not there
+      } catch {}
+      if (dht === undefined) {
+        yield* components.peerRouting.getClosestPeers(key, { signal })
+        return
+      }
+      for await (const event of dht.getClosestPeers(key, { signal })) {
+        if (event.name !== 'FINAL_PEER') continue
+        let multiaddrs = event.peer.multiaddrs
+        if (multiaddrs.length === 0) {
+          const stored = await components.peerStore.get(event.peer.id).catch(() => undefined)
+          multiaddrs = stored?.addresses.map((a) => a.multiaddr) ?? []
+        }
+        if (multiaddrs.length > 0) yield { id: event.peer.id, multiaddrs }
       }
     }
 

@@ -40,6 +40,7 @@ import {
   type ModelTransferInit,
   storeChunkSource,
 } from './model-transfer.ts'
+import type { LinkStats } from './peer-keeper.ts'
 import { createPeerLatency } from './peer-latency.ts'
 import { createPeerPuller, type PeerPuller, type PeerPullInit } from './peer-pull.ts'
 import { type PickOptions, pickWorkers } from './pick-worker.ts'
@@ -119,7 +120,14 @@ export interface Mesh {
    */
   findRemoteModel(nameOrDigest: string): RemoteModel | undefined
   /** Capacity gossip counters, gossipsub's score of each connected peer, and bytes spent so far. */
-  gossip(): CapacityGossipStats & { scores: Array<{ id: string; score: number }>; traffic: TrafficSnapshot }
+  gossip(): CapacityGossipStats & {
+    scores: Array<{ id: string; score: number }>
+    traffic: TrafficSnapshot
+    /** Connections now (per peer, duplicates) and redials of dropped mesh links. */
+    links?: LinkStats
+    /** DHT random-walk queries run since start (every walker's, paced by walkThrottle). */
+    walkQueries: number
+  }
   /** What our jobs taught us about a peer as a worker: in flight, penalty, successes, failures. */
   standing(peer: string): PeerStanding
   /** Runs a job on the first candidate that admits it; events as Runtime.generate() plus the receipt. */
@@ -423,7 +431,14 @@ export async function createMesh(components: MeshComponents, init: MeshInit = {}
         id: id.toString(),
         score: Math.round((score?.call(pubsub, id.toString()) ?? 0) * 100) / 100,
       }))
-      return { ...capacity.stats(), scores, traffic: node.traffic() }
+      const links = node.links()
+      return {
+        ...capacity.stats(),
+        scores,
+        traffic: node.traffic(),
+        ...(links === undefined ? {} : { links }),
+        walkQueries: node.libp2p.services.walkThrottle.queries,
+      }
     },
     candidates,
     remoteModels,

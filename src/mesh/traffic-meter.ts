@@ -6,7 +6,9 @@
 //              `/substrate/kad/1.0.0`, `/ipfs/id/1.0.0`, `/ipfs/ping/1.0.0`;
 //   gossip     what gossipsub sends, split by part: the messages of each topic, IHAVE, IWANT,
 //              GRAFT, PRUNE, IDONTWANT and subscription changes (outgoing RPCs are decoded once
-//              more here; gossip is a few KB/s, so the cost is small).
+//              more here; gossip is a few KB/s, so the cost is small);
+//   dht        the Kad-DHT requests this node sent, by message type (FIND_NODE, GET_PROVIDERS,
+//              ADD_PROVIDER, PING…): one per stream it opened, so they say what opens them.
 // libp2p's other metric registrations (the connection manager's, the DHT's…) are accepted and
 // dropped: nothing else is kept. `substrate peers --json` shows it under `gossip.traffic`.
 
@@ -27,6 +29,8 @@ export interface TrafficSnapshot {
   protocols: Record<string, TrafficCounters & { streams: number }>
   /** Bytes of the RPCs gossipsub sent, by part: `topic:<name>`, `ihave`, `iwant`, … */
   gossipSent: Record<string, number>
+  /** Kad-DHT requests sent (streams this node opened), by message type. */
+  dhtRequests: Record<string, number>
 }
 
 export interface TrafficMeter {
@@ -41,6 +45,17 @@ type Chunk = Parameters<Stream['send']>[0]
 const ignored: unknown = new Proxy(() => ignored, { get: () => () => () => undefined })
 
 const GOSSIPSUB = '/meshsub/'
+const KAD = '/kad/'
+/** Kad-DHT's message types by their protobuf value (field 1; 0 is not written). */
+const KAD_TYPES = ['PUT_VALUE', 'GET_VALUE', 'ADD_PROVIDER', 'GET_PROVIDERS', 'FIND_NODE', 'PING']
+
+/** The type of the Kad-DHT message that starts `frame` (a length-prefixed protobuf). */
+function kadTypeOf(frame: Uint8Array): string {
+  const body = payloadOf(frame)
+  if (body.length === 0) return 'empty'
+  if (body[0] !== 0x08) return KAD_TYPES[0]!
+  return KAD_TYPES[body[1] ?? -1] ?? 'unknown'
+}
 
 /** Skips the unsigned varint length prefix of one length-prefixed frame. */
 function payloadOf(frame: Uint8Array): Uint8Array {
@@ -53,6 +68,7 @@ export function createTrafficMeter(): TrafficMeter {
   const wire: TrafficCounters = { in: 0, out: 0 }
   const protocols = new Map<string, TrafficCounters & { streams: number }>()
   const gossipSent = new Map<string, number>()
+  const dhtRequests = new Map<string, number>()
   const addGossip = (part: string, bytes: number) => gossipSent.set(part, (gossipSent.get(part) ?? 0) + bytes)
 
   /** One outgoing gossipsub frame (one length-prefixed RPC) charged to its parts. */
@@ -118,12 +134,20 @@ export function createTrafficMeter(): TrafficMeter {
       const counters = protocols.get(name) ?? { in: 0, out: 0, streams: 0 }
       counters.streams++
       protocols.set(name, counters)
-      const gossip = name.startsWith(GOSSIPSUB)
-      meter(
-        stream,
-        counters,
-        gossip ? (data) => chargeRpc(data instanceof Uint8Array ? data : data.subarray()) : undefined,
-      )
+      const bytes = (data: Chunk) => (data instanceof Uint8Array ? data : data.subarray())
+      let onSend: ((data: Chunk) => void) | undefined
+      if (name.startsWith(GOSSIPSUB)) onSend = (data) => chargeRpc(bytes(data))
+      else if (name.includes(KAD) && stream.direction === 'outbound') {
+        // The first frame on a stream we opened is the request.
+        let first = true
+        onSend = (data) => {
+          if (!first) return
+          first = false
+          const type = kadTypeOf(bytes(data))
+          dhtRequests.set(type, (dhtRequests.get(type) ?? 0) + 1)
+        }
+      }
+      meter(stream, counters, onSend)
     },
     registerMetric: () => ignored,
     registerMetricGroup: () => ignored,
@@ -144,6 +168,7 @@ export function createTrafficMeter(): TrafficMeter {
       wire: { ...wire },
       protocols: Object.fromEntries([...protocols].map(([name, c]) => [name, { ...c }])),
       gossipSent: Object.fromEntries(gossipSent),
+      dhtRequests: Object.fromEntries(dhtRequests),
     }),
   }
 }

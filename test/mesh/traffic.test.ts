@@ -6,6 +6,7 @@ import { describe, test } from 'node:test'
 import type { PeerId, PeerInfo } from '@libp2p/interface'
 import type { ConnectionManager, RandomWalk } from '@libp2p/interface-internal'
 import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
 import { generateIdentity } from '../../src/identity/keys.ts'
 import { walkThrottle } from '../../src/mesh/libp2p-services.ts'
 import { startPeers, stopPeers, waitFor } from './helpers.ts'
@@ -94,6 +95,7 @@ describe('the paced random walk', () => {
           for (const id of ids) yield { id, multiaddrs: [] }
         },
       } as never,
+      peerStore: {} as never,
       connectionManager: {
         getConnections: (id: PeerId) => (connected.has(id.toString()) ? [{}] : []),
       } as unknown as ConnectionManager,
@@ -129,5 +131,53 @@ describe('the paced random walk', () => {
     } finally {
       throttle.stop()
     }
+  })
+
+  test('a walk query asks the DHT once and takes addresses from the peer store (no lookup per peer)', async () => {
+    // libp2p's PeerRouting ran a whole DHT query (findPeer) for every peer the DHT answered
+    // with, because routing-table answers carry no addresses: ~90 requests a query at 10 nodes.
+    const ids = Array.from({ length: 3 }, () => peerIdFromString(generateIdentity().id))
+    const stored = multiaddr('/ip4/127.0.0.1/tcp/4001')
+    let dhtQueries = 0
+    const components = {
+      randomWalk: {} as RandomWalk,
+      peerRouting: {
+        getClosestPeers: () => assert.fail('libp2p’s PeerRouting must not be used'),
+      } as never,
+      dht: {
+        async *getClosestPeers() {
+          dhtQueries++
+          for (const id of ids) yield { name: 'PEER_RESPONSE', from: id }
+          for (const id of ids) yield { name: 'FINAL_PEER', peer: { id, multiaddrs: [] } }
+        },
+      } as never,
+      peerStore: {
+        get: async (id: PeerId) => {
+          if (id.equals(ids[2])) throw new Error('not found')
+          return { addresses: [{ multiaddr: stored }] }
+        },
+      } as never,
+      connectionManager: { getConnections: () => [] } as unknown as ConnectionManager,
+      peerId: peerIdFromString(generateIdentity().id),
+    }
+    const throttle = walkThrottle({ minGapMs: 60_000 })(components)
+    throttle.start()
+    const walked: PeerInfo[] = []
+    const stop = new AbortController()
+    try {
+      for await (const peer of components.randomWalk.walk({ signal: stop.signal })) {
+        walked.push(peer)
+        if (walked.length === 2) break
+      }
+    } finally {
+      stop.abort()
+      throttle.stop()
+    }
+    assert.equal(dhtQueries, 1)
+    assert.deepEqual(
+      walked.map((p) => [p.id.toString(), p.multiaddrs.map(String)]),
+      ids.slice(0, 2).map((id) => [id.toString(), [stored.toString()]]),
+      'the peers the DHT answered with, with their stored addresses; one with none is skipped',
+    )
   })
 })
