@@ -25,7 +25,10 @@
 // Prints the load average at every phase and the CPU seconds the daemons used, so CPU
 // starvation on a small machine can be told apart from protocol latency.
 //
-//   node bench/ledger-sync-converge.ts [nodes=20] [runs=10]
+// A third argument sets the daemons' mesh.ledgerKeepAlive (unchanged heads re-announced this
+// long after a node's last announcement; default 40s; 5s is the old fixed tick), to compare.
+//
+//   node bench/ledger-sync-converge.ts [nodes=20] [runs=10] [ledgerKeepAlive]
 // Needs root and iproute2 (network namespaces).
 
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
@@ -45,6 +48,7 @@ import { loadAverage, machineInfo, median } from './machine.ts'
 
 const NODES = Number(process.argv[2] ?? 20)
 const RUNS = Number(process.argv[3] ?? 10)
+const KEEP_ALIVE = process.argv[4]
 // Each phase of runs stops starting runs past its budget (a loaded machine), and says so.
 const APPEND_PHASE_MS = 150_000
 const HEAL_PHASE_MS = 240_000
@@ -254,6 +258,7 @@ try {
         `/ip4/${addrs[side]}/tcp/0`,
         '--log-level',
         'debug',
+        ...(KEEP_ALIVE === undefined ? [] : ['--ledger-keep-alive', KEEP_ALIVE]),
         ...(bootstrap.length > 0 ? ['--bootstrap', bootstrap.join(',')] : []),
       ],
       120_000,
@@ -373,6 +378,7 @@ const summary = {
   machine: machineInfo(),
   nodes: NODES,
   runs: RUNS,
+  ledgerKeepAlive: KEEP_ALIVE ?? 'default (40s)',
   ...(abort === undefined ? {} : { aborted: abort }),
   loadAverage: load,
   startSeconds,
@@ -406,6 +412,7 @@ console.error(
     `${summary.afterAppend.oneHopP50Ms} ms (${busy(cpu.afterAppend)}); after a healed partition: p50 ` +
     `${summary.afterHeal.p50Ms} ms, p99 ${summary.afterHeal.p99Ms} ms, first crossing p50 ` +
     `${summary.afterHeal.firstCrossP50Ms} ms (${busy(cpu.afterHeal)}); target ≤ 3000 ms p99; load ` +
-    `${load.map((l) => `${l.phase} ${l.load.split(' ')[0]}`).join(', ')}; start ${startSeconds} s`,
+    `${load.map((l) => `${l.phase} ${l.load.split(' ')[0]}`).join(', ')}; start ${startSeconds} s; ` +
+    `heads keep-alive ${summary.ledgerKeepAlive}`,
 )
 process.exit(abort === undefined ? 0 : 1)

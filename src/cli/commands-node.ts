@@ -90,6 +90,11 @@ const serveFlags: Record<string, FlagSpec> = {
     value: 'N',
     help: 'walk the DHT while fewer than N peers are connected; 0 is off (default 8; SUBSTRATE_RANDOM_WALK)',
   },
+  'ledger-keep-alive': {
+    type: 'string',
+    value: 'D',
+    help: 'unchanged ledger heads are re-announced this long after the last announcement (default 40s; SUBSTRATE_LEDGER_KEEP_ALIVE)',
+  },
 }
 
 const serve: Command = {
@@ -113,6 +118,7 @@ const serve: Command = {
     'SUBSTRATE_MESH, SUBSTRATE_MESH_LISTEN, SUBSTRATE_BOOTSTRAP, SUBSTRATE_MDNS, SUBSTRATE_JOB_SLOTS',
     'SUBSTRATE_MESH_STALL_TIMEOUT',
     'SUBSTRATE_RELAY, SUBSTRATE_RELAY_MAX_RESERVATIONS, SUBSTRATE_RELAY_CLIENT, SUBSTRATE_RANDOM_WALK',
+    'SUBSTRATE_LEDGER_KEEP_ALIVE',
   ],
   flags: serveFlags,
   args: { min: 0, max: 0 },
