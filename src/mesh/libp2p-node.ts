@@ -252,7 +252,11 @@ export async function createMeshNode(
       },
       services: {
         identify: identify(),
-        ping: ping(),
+        // Three users share /ipfs/ping on a connection: libp2p's connection monitor, kad-dht's
+        // routing-table checks and peer-latency.ts. libp2p's limits (1 outbound, 2 inbound per
+        // connection) made the monitor's ping fail whenever another was in flight, and a failed
+        // monitor ping aborts the connection: half the links lost in a 20-daemon run.
+        ping: ping({ maxOutboundStreams: 4, maxInboundStreams: 4 }),
         // AutoNAT v2: the peer dials back on a new connection and proves it with a nonce (v1
         // in this release closes the connection the request came on when it is already open).
         autoNAT: autoNATv2(),

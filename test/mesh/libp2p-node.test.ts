@@ -63,6 +63,26 @@ describe('mesh libp2p node', () => {
     assert.equal(conn.multiplexer, '/yamux/1.0.0')
   })
 
+  test('pings of the connection monitor, the DHT and peer latency at once do not fail (nor drop the link)', async () => {
+    const [a, b] = [peers[0]!, peers[1]!]
+    await a.mesh.dial(b.mesh.multiaddrs()[0]!, 10_000)
+    const conn = a.mesh.libp2p.getConnections(peerIdFromString(b.identity.id))[0]
+    assert.ok(conn)
+    // Two pings in flight on the connection (say, the monitor's and a DHT check), then a third.
+    const held = await Promise.all(
+      [0, 1].map(() => conn.newStream('/ipfs/ping/1.0.0', { signal: AbortSignal.timeout(30_000) })),
+    )
+    try {
+      const rtt = await a.mesh.libp2p.services.ping.ping(peerIdFromString(b.identity.id), {
+        signal: AbortSignal.timeout(30_000),
+      })
+      assert.ok(rtt >= 0)
+      assert.equal(conn.status, 'open')
+    } finally {
+      for (const s of held) s.abort(new Error('done'))
+    }
+  })
+
   test('a node bootstraps from a configured multiaddr', async () => {
     const identity = generateIdentity()
     const mesh = await createMeshNode(
