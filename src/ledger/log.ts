@@ -108,7 +108,12 @@ export function createLedgerLog(components: LedgerLogComponents, init: LedgerLog
     }
     const cid = cidOf(bytes)
     if (hasLedgerOp(db, cid)) return { status: 'duplicate', cid }
-    const op = decodeOp(bytes, { now: now(), receipts })
+    return admit(decodeOp(bytes, { now: now(), receipts }))
+  }
+
+  /** Stores a decoded (so verified) op that is not here yet, if it extends its author's chain. */
+  function admit(op: LedgerOp): IngestResult {
+    const { cid, bytes } = op
     if (frozen.has(op.author)) {
       const proof = getLedgerFork(db, op.author)
       if (proof !== undefined && cidOf(proof.second) === cid) return { status: 'duplicate', cid }
@@ -192,12 +197,13 @@ export function createLedgerLog(components: LedgerLogComponents, init: LedgerLog
     append(identity, draft, options = {}) {
       const head = getLedgerHead(db, identity.id)
       const at = Math.max(options.now ?? now(), head?.headAt ?? 0)
+      // Decoded once as it is signed (the check that our own op is valid), and admitted as is.
       const op = signOp(
         identity,
         { ...draft, seq: (head?.seq ?? 0) + 1, prev: head?.head ?? null },
-        { now: at },
+        { now: at, receipts },
       )
-      const result = ingest(op.bytes)
+      const result = admit(op)
       if (result.status !== 'added') throw new Error(`ledger: own op was not added (${result.status})`)
       return op
     },

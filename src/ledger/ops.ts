@@ -139,10 +139,11 @@ const consentSchema = z.strictObject({ member: z.string().max(128) })
 export function signOp(
   identity: Identity,
   op: OpDraft & { seq: number; prev: string | null },
-  options: { now?: number } = {},
+  options: { now?: number; receipts?: VerifiedReceiptCache } = {},
 ): LedgerOp {
   const now = options.now ?? Date.now()
-  return decodeOp(signOpBytes(identity, op, { now }), { now })
+  const bytes = signOpBytes(identity, op, { now })
+  return decodeOp(bytes, options.receipts === undefined ? { now } : { now, receipts: options.receipts })
 }
 
 /** Signs an op without checking its body: for tests that must build ops a peer would refuse. */
