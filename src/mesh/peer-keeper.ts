@@ -14,7 +14,9 @@
 //   - one side dials first: the one with the smaller peer id waits one base delay, the other
 //     three, so the two ends of a dropped link seldom dial each other at once;
 //   - a connection we closed on purpose (hang-up, pruning) is not redialled; one the remote
-//     closed cleanly (it stopped, or hung up on us) is redialled after a longer first wait;
+//     ended (a clean close, or a reset as it closed: it stopped, hung up on us, or aborted
+//     and redials itself) is redialled after a longer first wait; one that failed here (our
+//     connection monitor aborted it, or the network timed out) soon;
 //   - a redial that succeeds means the network is back (a healed partition): the other
 //     pending redials are pulled in to the base delay (attempt counts stay, so still bounded);
 //   - one connection per peer: when two ends dial each other at once (or anything else opens a
@@ -57,7 +59,7 @@ export interface PeerKeeperInit {
   minDelayMs?: number
   /** The backoff stops doubling here. */
   maxDelayMs?: number
-  /** First redial after the remote closed the link cleanly (it stopped, or hung up on us). */
+  /** First redial after the remote ended the link (closed it, or reset it as it closed or aborted). */
   remoteCloseDelayMs?: number
   /** Failed redials in a row before the peer is left alone (until it connects again). */
   maxAttempts?: number
@@ -129,6 +131,12 @@ const MOVABLE = [
 ]
 const movable = (protocol: string | undefined) =>
   protocol !== undefined && MOVABLE.some((m) => protocol.includes(m))
+
+/** Who ended a connection: we closed it, we aborted it (a failure seen here), or neither. */
+type CloseOrigin = 'us' | 'abort' | 'remote'
+/** Socket errors that mean the remote end closed or reset the connection. */
+const REMOTE_ENDED = new Set(['ECONNRESET', 'EPIPE'])
+const errorCode = (err: unknown) => String((err as { code?: unknown } | undefined)?.code ?? '')
 
 /** A direct connection (not through a relay), the only kind spares are looked for among. */
 const isDirect = (c: Connection) => c.direct && c.limits === undefined
@@ -242,8 +250,7 @@ export function peerKeeper(init: PeerKeeperInit = {}) {
       }
     }
 
-    /** `byUs`: we closed it cleanly; `error`: it was aborted (a failed ping) or the network failed. */
-    const onConnectionClose = (conn: Connection, byUs: boolean, error: unknown) => {
+    const onConnectionClose = (conn: Connection, by: CloseOrigin, error: unknown) => {
       counts.closed++
       const id = conn.remotePeer.toString()
       if (!started || !mesh.has(id) || redials.has(id)) return
@@ -253,9 +260,13 @@ export function peerKeeper(init: PeerKeeperInit = {}) {
         reidentify(left)
         return
       }
-      // Closed on purpose by us (hang-up, pruning): leave it.
-      if (byUs && error === undefined) return
-      const firstDelayMs = error === undefined ? remoteCloseDelayMs : minDelayMs * (self < id ? 1 : 3)
+      // Closed on purpose by us (hang-up, pruning), even if the close then timed out: leave it.
+      if (by === 'us') return
+      // Failed here (our abort, or the network: timed out, unreachable): redial soon. Ended by
+      // the remote (a clean close, or a reset/broken pipe as it closed or aborted): it stopped,
+      // hung up on us, or lost the link and redials itself soon; wait longer.
+      const failedHere = by === 'abort' || (error !== undefined && !REMOTE_ENDED.has(errorCode(error)))
+      const firstDelayMs = failedHere ? minDelayMs * (self < id ? 1 : 3) : remoteCloseDelayMs
       const r: Redial = {
         peer: conn.remotePeer,
         attempts: 0,
@@ -268,22 +279,29 @@ export function peerKeeper(init: PeerKeeperInit = {}) {
       arm(r, backoff(r))
       init.logger?.debug('peer link dropped', {
         peer: id,
-        ...(error === undefined ? { by: 'remote' } : { error: String(error) }),
+        by,
+        ...(error === undefined ? {} : { error: String(error) }),
       })
     }
 
     const onOpen = (evt: CustomEvent<Connection>) => {
       const conn = evt.detail
       counts.opened++
-      // A clean close carries no sign of which end began it (libp2p's close event says `local`
-      // only for aborts), so our own closes are noted here: hang-up, pruning, spares, stop.
-      let closedByUs = false
+      // A close event does not say which end began it (`local` is set only for some aborts), so
+      // ours are noted here: close() is a decision (hang-up, pruning, a spare, stop); abort()
+      // without one is a failure seen here (the connection monitor's failed ping).
+      let by: CloseOrigin = 'remote'
       const close = conn.close.bind(conn)
       conn.close = (options) => {
-        closedByUs = true
+        by = 'us'
         return close(options)
       }
-      conn.addEventListener('close', (e: StreamCloseEvent) => onConnectionClose(conn, closedByUs, e.error), {
+      const abort = conn.abort.bind(conn)
+      conn.abort = (err) => {
+        if (by === 'remote') by = 'abort'
+        abort(err)
+      }
+      conn.addEventListener('close', (e: StreamCloseEvent) => onConnectionClose(conn, by, e.error), {
         once: true,
       })
       const r = redials.get(conn.remotePeer.toString())
