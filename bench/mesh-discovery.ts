@@ -9,8 +9,9 @@
 //                     bytes, split by protocol (gossipsub, Kad-DHT, identify, ping, ledger
 //                     sync…) and gossipsub's sent bytes split by topic and by control part
 //                     (IHAVE, IWANT, GRAFT, PRUNE, IDONTWANT), so it says which bytes they are.
-//           The target (≤ 2 KB/s per node) is checked against the larger, honest count:
-//           everything the mesh moves, in + out, not capacity records alone.
+//           The target (≤ 2 KB/s per node) names capacity gossip: gossipsub's bytes in + out
+//           (messages, control, framing of its own) shared out by topic, the capacity topic's
+//           part. It is also checked against everything the mesh moves, in + out (stricter).
 //   join    with the full mesh running, a new daemon is started: time from its spawn (and from
 //           its API answering) until it is in every other daemon's capacity view; repeated.
 //
@@ -251,7 +252,15 @@ function breakdown(before: PeersBody[], after: PeersBody[]) {
         .map(([k, v]) => [k, rate(v)] as const)
         .sort((x, y) => y[1] - x[1]),
     )
+  // What the issue's target names: capacity gossip. gossipsub's bytes in + out (messages,
+  // control, length prefixes) shared out by what each topic sends: the capacity topic's part.
+  const gossipTotal = Object.values(gossipSent).reduce((a, b) => a + b, 0)
+  const capacityShare = gossipTotal > 0 ? (gossipSent['topic:substrate/capacity/1'] ?? 0) / gossipTotal : 0
+  const gossipsubInOut = Object.entries(protocols)
+    .filter(([name]) => name.startsWith('/meshsub/'))
+    .reduce((a, [, v]) => a + v, 0)
   return {
+    capacityGossipInOutPerNode: rate(gossipsubInOut * capacityShare),
     meter: {
       wireInOutPerNode: { median: round(median(wire)), max: round(Math.max(...wire)) },
       protocolsInOutPerNode: sorted(protocols),
@@ -359,6 +368,7 @@ async function main(): Promise<void> {
       nodes: s.nodes,
       inOutBytesPerSecondPerNode: s.bytesPerSecondPerNode.median,
       meterWireInOut: s.meter?.wireInOutPerNode.median ?? null,
+      capacityGossipInOut: s.capacityGossipInOutPerNode ?? null,
       perPeer: round(s.bytesPerSecondPerNode.median / (s.nodes - 1)),
       vsSmallest: round(s.bytesPerSecondPerNode.median / smallest.bytesPerSecondPerNode.median, 2),
     }))
@@ -378,10 +388,15 @@ async function main(): Promise<void> {
           settleSeconds: SETTLE_S,
           sizes,
           joins: { meshSize: nodes.length, rounds: joins, worstFromReadyMs: worst },
+          // The issue: "capacity gossip costs ≤ 2 KB/s per node". Judged on capacity gossip, and
+          // (stricter) on everything the mesh moves.
           targets: { joinMs: 5_000, bytesPerSecondPerNode: 2_048 },
           met: {
             join: joins.every((j) => j.inAllViews) && worst <= 5_000,
-            bytes: sizes.every((s) => s.bytesPerSecondPerNode.median <= 2_048),
+            capacityGossip: sizes.every(
+              (s) => s.capacityGossipInOutPerNode !== undefined && s.capacityGossipInOutPerNode <= 2_048,
+            ),
+            allMeshTraffic: sizes.every((s) => s.bytesPerSecondPerNode.median <= 2_048),
           },
           machine: machineInfo(),
           loadAverage: { before: loadBefore, after: loadAverage() },
