@@ -109,9 +109,10 @@ export interface LedgerSyncInit {
    */
   pullGraceMs?: number
   /**
-   * After ops arrived by eager push, our own announcement waits this long (plus up to as
-   * much again at random): the flood already carried them, so 20 nodes re-announcing at
-   * once would only load the mesh; it is still made, for peers the flood missed.
+   * After ops arrived by eager push or by a pull, our own announcement waits this long (plus
+   * up to as much again at random): the flood or the peer's announcement already told the
+   * mesh, so 20 nodes re-announcing at once would only load it; it is still made, for peers
+   * that missed it. A new subscriber's announcement waits this long too (coalesced).
    */
   relayAnnounceDelayMs?: number
   /** Pull from every peer that connects and speaks the protocol. */
@@ -754,9 +755,11 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
         ownOpsBytes += op.bytes.length
       } else ownOpsOverflow = true
     }
-    // Ops that came by eager push were flooded to everyone already: say so a little later,
-    // and in one announcement (others' copies of the flood arrive meanwhile).
-    announce(cause === 'push' ? relayAnnounceDelayMs * (1 + Math.random()) : 0)
+    // Ops that came by eager push were flooded to everyone already, and ops we pulled were
+    // announced by the peer we pulled them from (or by their author, to everyone): say so a
+    // little later, and in one announcement (others' copies, and the next pulls of a mesh
+    // that is starting up, arrive meanwhile). Only our own ops are announced at once.
+    announce(cause === 'local' ? 0 : relayAnnounceDelayMs * (1 + Math.random()))
   }
 
   const speaksSync = (protocols: readonly string[]) => protocols.includes(LEDGER_SYNC_PROTOCOL)
@@ -778,9 +781,13 @@ export function createLedgerSync(components: LedgerSyncComponents, init: LedgerS
     if (!speaksSync(peer.protocols) || (previous !== undefined && speaksSync(previous.protocols))) return
     if (libp2p.getConnections(peer.id).length > 0) requestSync(peer.id.toString())
   }
-  // An announcement made before a peer subscribed reached nobody: a new subscriber gets one.
+  // An announcement made before a peer subscribed reached nobody: a new subscriber gets one,
+  // a little later, so that the many subscribers of a mesh starting up share one (each
+  // announcement floods the whole mesh, and every node verifies it).
   const onSubscriptionChange = (evt: CustomEvent<SubscriptionChangeData>) => {
-    if (evt.detail.subscriptions.some((s) => s.topic === LEDGER_HEADS_TOPIC && s.subscribe)) announce()
+    if (evt.detail.subscriptions.some((s) => s.topic === LEDGER_HEADS_TOPIC && s.subscribe)) {
+      announce(relayAnnounceDelayMs)
+    }
   }
 
   return {
