@@ -28,6 +28,8 @@
 //     connection that stays, which tells gossipsub (and every other topology) to open its
 //     streams there if they were on the spare.
 // kad-dht's KEEP_ALIVE mark is removed as it is set, so only this service redials.
+// Only direct links are kept: a relayed link is the relay's to end (its limits), and whoever
+// needs one opens it again on demand.
 
 import type { Identify } from '@libp2p/identify'
 import type {
@@ -252,6 +254,10 @@ export function peerKeeper(init: PeerKeeperInit = {}) {
 
     const onConnectionClose = (conn: Connection, by: CloseOrigin, error: unknown) => {
       counts.closed++
+      // Relayed links are the relay's to end (its limits) and opened again on demand by whoever
+      // needs one; redialling or re-identifying on their closes fed a loop of relayed dials and
+      // DCUtR attempts that cut a job stream as it opened (mesh-netns test, 1 run in 3).
+      if (!conn.direct) return
       const id = conn.remotePeer.toString()
       if (!started || !mesh.has(id) || redials.has(id)) return
       const left = openTo(conn.remotePeer).filter((c) => c.id !== conn.id)
@@ -304,7 +310,7 @@ export function peerKeeper(init: PeerKeeperInit = {}) {
       conn.addEventListener('close', (e: StreamCloseEvent) => onConnectionClose(conn, by, e.error), {
         once: true,
       })
-      const r = redials.get(conn.remotePeer.toString())
+      const r = conn.direct ? redials.get(conn.remotePeer.toString()) : undefined
       if (r !== undefined && !r.dialing) {
         // It is back without our redial (it dialled us, or another dial reached it).
         cancel(conn.remotePeer.toString())
