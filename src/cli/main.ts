@@ -5,7 +5,6 @@
 // version.ts and nothing else (no zod, no node-llama-cpp): it has to answer in well under
 // 300 ms.
 
-import { enableCompileCache, flushCompileCache } from 'node:module'
 import { type ParseArgsOptionsConfig, parseArgs } from 'node:util'
 import { SubstrateError, toSubstrateError } from '../errors.ts'
 import { VERSION } from '../version.ts'
@@ -169,7 +168,6 @@ export async function resolveCommand(name: string, rest: string[]): Promise<Reso
   const entry = commandIndex[canonical]
   if (!entry) throw usageError(`unknown command '${name}'`)
   const command = (await entry.load())[canonical]
-  flushCompileCache()
   if (!command) throw new SubstrateError('E_INTERNAL', `command '${canonical}' is missing from its module`)
   const help = `substrate help ${canonical}`
   const { values, positionals } = parseStrict(rest, { ...globalFlags, ...command.flags }, help)
@@ -259,12 +257,6 @@ export async function main(argv: string[], io: Io): Promise<number> {
 }
 
 if (import.meta.main) {
-  // Every start compiles the command's modules and strips their types; Node's compile cache
-  // (in the temp dir; NODE_DISABLE_COMPILE_CACHE=1 turns it off) keeps both on disk, so a
-  // daemon's modules load in ~0.8 instead of ~1.4 CPU-seconds — which 20 daemons starting
-  // together on two cores feel. Written once the command is loaded, not only at exit (a daemon
-  // may be killed).
-  enableCompileCache()
   // `substrate list | head -1` closes the pipe early; that is not an error worth a trace.
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(0)
