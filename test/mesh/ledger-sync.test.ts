@@ -357,7 +357,17 @@ describe('ledger sync: faults', () => {
       'subscribed',
     )
     const heads = encodeAnnouncement({ digest: new Uint8Array(32).fill(9), total: held.length, authors: 1 })
-    await h.mesh.libp2p.services.pubsub.publish(LEDGER_HEADS_TOPIC, heads)
+    // Said once to b: again only while it reached no one (h learns b's subscription before its
+    // own gossip stream to b is open, and a message sent then goes nowhere).
+    const deadline = Date.now() + 5_000
+    for (;;) {
+      const sent = await h.mesh.libp2p.services.pubsub
+        .publish(LEDGER_HEADS_TOPIC, heads)
+        .catch(() => undefined)
+      if ((sent?.recipients.length ?? 0) > 0) break
+      if (Date.now() > deadline) assert.fail('the announcement reached no one')
+      await sleep(50)
+    }
     await waitFor(() => b.ledger.log.heads().vector.get(author.id)?.seq === 2, 'the ops at b', 10_000)
     assert.deepEqual(failures, ['E_LEDGER_SYNC_BUSY'])
     assert.equal(h.sessions(), 2)
