@@ -252,7 +252,7 @@ export const leafSchemas = {
   'runtime.engineBuild': { schema: booleanSchema, expect: 'true or false' },
   'runtime.streamWindow': {
     schema: durationBetween(0, 1000, 'a duration from 0 to 1s'),
-    expect: 'a duration from 0 to 1s, like "10ms" (0: every token in its own chunk)',
+    expect: 'a duration from 0 to 1s, like "10ms" (0: only tokens that arrive together share a chunk)',
   },
   'log.level': {
     schema: z.enum(['debug', 'info', 'warn', 'error']),

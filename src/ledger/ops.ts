@@ -142,8 +142,7 @@ export function signOp(
   options: { now?: number; receipts?: VerifiedReceiptCache } = {},
 ): LedgerOp {
   const now = options.now ?? Date.now()
-  const bytes = signOpBytes(identity, op, { now })
-  return decodeOp(bytes, options.receipts === undefined ? { now } : { now, receipts: options.receipts })
+  return decodeOp(signOpBytes(identity, op, { now }), { ...options, now })
 }
 
 /** Signs an op without checking its body: for tests that must build ops a peer would refuse. */

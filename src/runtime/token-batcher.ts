@@ -1,5 +1,6 @@
-// Coalesces tokens into frames (the runner's messages to the daemon, the mesh's job frames). A token that comes after a quiet spell goes out at the end
-// of the current event-loop turn, so time to first token is untouched; tokens that follow
+// Coalesces tokens into frames (the runner's messages to the daemon, the mesh's job frames).
+// A token that comes after a quiet spell goes out at the end of the current event-loop
+// turn, so time to first token is untouched; tokens that follow
 // closely are held at most `windowMs` and share a frame. Each frame costs CBOR, Noise, Yamux
 // and socket writes on both ends, and a loopback write syscall alone measured ~0.3 ms on
 // this kind of machine, so a fast model sending one frame per token paid for it in speed.
