@@ -132,6 +132,7 @@ const checkpointRestoreMs = performance.now() - t
 // Cold fold as a daemon restart does it: facts read back from SQLite
 let sqliteColdFoldMs: number | undefined
 let sqliteWriteMs: number | undefined
+let syncMs: number | undefined
 if (WITH_SQLITE) {
   const dir = mkdtempSync(join(tmpdir(), 'ledger-fold-'))
   const db = openDatabase(join(dir, 'substrate.db'))
@@ -148,8 +149,12 @@ if (WITH_SQLITE) {
       }
     })
   }
-  sqliteWriteMs = performance.now() - t
   db.close()
+  sqliteWriteMs = performance.now() - t
+  // The file just written is still being flushed to disk; a restart reads a settled file.
+  t = performance.now()
+  spawnSync('sync')
+  syncMs = performance.now() - t
   const child = spawnSync(
     process.execPath,
     [...process.execArgv, process.argv[1]!, '--fold-db', join(dir, 'substrate.db'), String(now)],
@@ -175,6 +180,7 @@ console.log(
       coldFoldMs: Math.round(coldFoldMs),
       sqliteColdFoldMs: sqliteColdFoldMs === undefined ? null : Math.round(sqliteColdFoldMs),
       sqliteWriteMs: sqliteWriteMs === undefined ? null : Math.round(sqliteWriteMs),
+      syncMs: syncMs === undefined ? null : Math.round(syncMs),
       incrementalOps: INCREMENTAL,
       incrementalUsPerOp: Number(incrementalUsPerOp.toFixed(2)),
       incrementalEqualsCold,

@@ -12,14 +12,13 @@ import type { Db } from '../store/database.ts'
 import {
   countLedgerOps,
   getLedgerCheckpoint,
-  iterateLedgerFacts,
   listLedgerForks,
   listLedgerHeads,
   listLedgerOpsOf,
 } from '../store/ledger-table.ts'
-import { allBalances, foldOps, type MemberBalance } from './balances.ts'
-import type { Ledger } from './ledger.ts'
-import { createVerifiedReceiptCache, decodeOp, type OpFacts, type VerifiedReceiptCache } from './ops.ts'
+import { allBalances, applyFork, createFoldState, type MemberBalance } from './balances.ts'
+import { foldStoredOps, type Ledger } from './ledger.ts'
+import { createVerifiedReceiptCache, decodeOp, type VerifiedReceiptCache } from './ops.ts'
 
 export interface LedgerProblem {
   author: string
@@ -91,18 +90,10 @@ function* auditSteps(db: Db, ledger: Ledger, now: number): Generator<void, Ledge
     }
   }
   const frozen = listLedgerForks(db).map((f) => f.author)
-  const cold = allBalances(
-    foldOps(
-      (function* () {
-        for (const row of iterateLedgerFacts(db)) {
-          yield { cid: row.cid, author: row.author, at: row.at, facts: JSON.parse(row.facts) as OpFacts }
-        }
-      })(),
-      frozen,
-      ledger.state.params,
-    ),
-    now,
-  )
+  const coldState = createFoldState(ledger.state.params)
+  for (const author of frozen) applyFork(coldState, author)
+  foldStoredOps(db, coldState)
+  const cold = allBalances(coldState, now)
   const mismatched = diffBalances(cold, ledger.balances())
   return {
     ok: problems.length === 0 && mismatched.length === 0,

@@ -164,10 +164,10 @@ export function floorOf(state: FoldState, member: string): number {
 
 export function balanceOf(state: FoldState, member: string, now = Date.now()): MemberBalance {
   const d = fresh(state)
-  const t = d.totals.get(member) ?? { earned: 0, spent: 0, charged: 0 }
+  const t = d.members.get(member) ?? { earned: 0, spent: 0, charged: 0, spendDays: undefined }
   const vouched = d.vouched.has(member)
   const floorPerDay = floorFor(state.params, vouched)
-  const spentToday = d.spendDays.get(member)?.get(Math.floor(now / DAY_MS)) ?? 0
+  const spentToday = t.spendDays?.get(Math.floor(now / DAY_MS)) ?? 0
   return {
     member,
     earned: t.earned,
@@ -185,7 +185,7 @@ export function balanceOf(state: FoldState, member: string, now = Date.now()): M
 export function allBalances(state: FoldState, now = Date.now()): MemberBalance[] {
   // A member whose receipts were all taken back (a rebinding, a fraud proof) keeps a zero
   // row in the incremental aggregates but none in a cold derive: leave zero rows out.
-  const members = [...fresh(state).totals]
+  const members = [...fresh(state).members]
     .filter(([, t]) => t.earned !== 0 || t.spent !== 0 || t.charged !== 0)
     .map(([m]) => m)
     .sort()

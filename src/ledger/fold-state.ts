@@ -39,10 +39,17 @@ export interface BindingCandidate {
   cid: string
 }
 
-export interface Totals {
+/** One member's aggregates: everything a receipt touches on one side, behind one lookup. */
+export interface MemberTotals {
+  /** A small number per member, for `pairs` keys of its counterparties (order of first use). */
+  readonly n: number
   earned: number
   spent: number
   charged: number
+  /** As worker: pairKey(requester member, day) → gross credits. */
+  readonly pairs: Map<number, number>
+  /** As requester: day → gross credits. */
+  readonly spendDays: Map<number, number>
 }
 
 export interface Derived {
@@ -50,11 +57,7 @@ export interface Derived {
   vouched: Set<string>
   /** Workers with a fraud proof from a vouched member (not themselves, not frozen). */
   voidWorkers: Set<string>
-  /** worker member → requester member → day → gross credits (nested: no key strings to build) */
-  pair: Map<string, Map<string, Map<number, number>>>
-  /** requester member → day → gross credits */
-  spendDays: Map<string, Map<number, number>>
-  totals: Map<string, Totals>
+  members: Map<string, MemberTotals>
 }
 
 export interface FoldState {
@@ -127,7 +130,8 @@ const isLiveMember = (state: FoldState, author: string) =>
 export function indexReceipt(state: FoldState, cid: string, entry: ReceiptEntry): void {
   entry.worker = intern(state, entry.worker)
   entry.requester = intern(state, entry.requester)
-  entry.loggers = entry.loggers.map((a) => intern(state, a))
+  const loggers = entry.loggers
+  for (let i = 0; i < loggers.length; i++) loggers[i] = intern(state, loggers[i]!)
   state.receipts.set(cid, entry)
   pushTo(state.receiptsByNode, entry.worker, cid)
   if (entry.requester !== entry.worker) pushTo(state.receiptsByNode, entry.requester, cid)
@@ -165,9 +169,7 @@ export function emptyDerived(): Derived {
     memberOf: new Map(),
     vouched: new Set(),
     voidWorkers: new Set(),
-    pair: new Map(),
-    spendDays: new Map(),
-    totals: new Map(),
+    members: new Map(),
   }
 }
 
@@ -195,19 +197,23 @@ export function contribute(state: FoldState, d: Derived, entry: ReceiptEntry, si
   if (wm === rm) return
   const p = state.params
   const credits = sign * receiptCredits(entry.promptTokens, entry.outputTokens, p)
-  const days = inner(inner(d.pair, wm), rm)
-  const pairBefore = days.get(entry.day) ?? 0
-  days.set(entry.day, pairBefore + credits)
-  const cap = p.capPerCounterpartyPerDay
-  totalsOf(d, wm).earned += Math.min(cap, pairBefore + credits) - Math.min(cap, pairBefore)
-  const spend = inner(d.spendDays, rm)
-  const dayBefore = spend.get(entry.day) ?? 0
-  spend.set(entry.day, dayBefore + credits)
-  const floor = floorFor(p, d.vouched.has(rm))
+  const worker = totalsOf(d, wm)
   const requester = totalsOf(d, rm)
+  const key = requester.n * DAYS + entry.day
+  const pairBefore = worker.pairs.get(key) ?? 0
+  worker.pairs.set(key, pairBefore + credits)
+  const cap = p.capPerCounterpartyPerDay
+  worker.earned += Math.min(cap, pairBefore + credits) - Math.min(cap, pairBefore)
+  const dayBefore = requester.spendDays.get(entry.day) ?? 0
+  requester.spendDays.set(entry.day, dayBefore + credits)
+  const floor = floorFor(p, d.vouched.has(rm))
   requester.spent += credits
   requester.charged += Math.max(0, dayBefore + credits - floor) - Math.max(0, dayBefore - floor)
 }
+
+// A day number is below 2^27 (created ≤ 2^53 ms), so member numbers below 2^26 keep every
+// pair key an exact integer: a worker's pairs are one map, not a map per requester.
+const DAYS = 2 ** 27
 
 /** Re-decides which member `node` belongs to and moves its receipts if that changed. */
 export function rebind(state: FoldState, d: Derived, node: string): void {
@@ -231,7 +237,7 @@ export function revouch(state: FoldState, d: Derived, member: string): void {
   if (after) d.vouched.add(member)
   else d.vouched.delete(member)
   const t = totalsOf(d, member)
-  for (const gross of d.spendDays.get(member)?.values() ?? []) {
+  for (const gross of t.spendDays.values()) {
     t.charged += Math.max(0, gross - newFloor) - Math.max(0, gross - oldFloor)
   }
   // Vouches only grow (a freeze re-derives everything), so this only ever adds authority.
@@ -287,22 +293,13 @@ export function indexFraud(state: FoldState, worker: string, accuser: string): b
   return true
 }
 
-function totalsOf(d: Derived, member: string): Totals {
-  let t = d.totals.get(member)
+export function totalsOf(d: Derived, member: string): MemberTotals {
+  let t = d.members.get(member)
   if (t === undefined) {
-    t = { earned: 0, spent: 0, charged: 0 }
-    d.totals.set(member, t)
+    t = { n: d.members.size, earned: 0, spent: 0, charged: 0, pairs: new Map(), spendDays: new Map() }
+    d.members.set(member, t)
   }
   return t
-}
-
-function inner<K, V>(map: Map<string, Map<K, V>>, key: string): Map<K, V> {
-  let value = map.get(key)
-  if (value === undefined) {
-    value = new Map()
-    map.set(key, value)
-  }
-  return value
 }
 
 function pushTo(map: Map<string, string[]>, key: string, value: string): void {

@@ -6,8 +6,8 @@
 import type { Identity } from '../identity/keys.ts'
 import type { Db } from '../store/database.ts'
 import {
+  forEachLedgerFact,
   getLedgerCheckpoint,
-  iterateLedgerFacts,
   lastLedgerRowid,
   listLedgerForks,
   saveLedgerCheckpoint,
@@ -62,6 +62,13 @@ export interface Ledger {
   onChange(listener: (op?: LedgerOp) => void): () => void
   /** The live fold state (read-only use: tests and benchmarks). */
   readonly state: FoldState
+}
+
+/** Folds the ops stored after arrival position `afterRowid` into `state`. */
+export function foldStoredOps(db: Db, state: FoldState, afterRowid = 0): void {
+  forEachLedgerFact(db, afterRowid, (cid, author, at, facts) => {
+    applyOp(state, { cid, author, at, facts: JSON.parse(facts) as OpFacts })
+  })
 }
 
 export function createLedger(components: LedgerComponents, init: LedgerInit = {}): Ledger {
@@ -138,14 +145,7 @@ export function createLedger(components: LedgerComponents, init: LedgerInit = {}
       }
     }
     for (const f of listLedgerForks(db)) applyFork(state, f.author)
-    for (const row of iterateLedgerFacts(db, through)) {
-      applyOp(state, {
-        cid: row.cid,
-        author: row.author,
-        at: row.at,
-        facts: JSON.parse(row.facts) as OpFacts,
-      })
-    }
+    foldStoredOps(db, state, through)
   }
 
   const standingOf = (node: string): Standing => {

@@ -106,22 +106,27 @@ export function listLedgerOpsOf(db: Db, author: string, from: number, to: number
     .map((row) => toOp(row))
 }
 
-/** Every op stored after arrival position `afterRowid`, in arrival order, with its position. */
-export function* iterateLedgerFacts(
+/**
+ * Calls `visit` with every op stored after arrival position `afterRowid`, in arrival order.
+ * A restart folds the whole ledger through this, so rows come as arrays (no per-row object
+ * keyed by column name) and without a generator between SQLite and the fold.
+ */
+export function forEachLedgerFact(
   db: Db,
-  afterRowid = 0,
-): Generator<{ rowid: number; cid: string; author: string; at: number; facts: string }> {
+  afterRowid: number,
+  visit: (cid: string, author: string, at: number, facts: string) => void,
+): void {
+  // its own SQL text: the statement cache is per text, and this one returns arrays
   const statement = db.prepare(
-    'SELECT rowid, cid, author, at, facts FROM ledger_ops WHERE rowid > ? ORDER BY rowid',
+    'SELECT cid, author, at, facts FROM ledger_ops WHERE rowid > ? ORDER BY rowid /* arrays */',
   )
-  for (const row of statement.iterate(afterRowid)) {
-    yield {
-      rowid: integer(row, 'rowid'),
-      cid: text(row, 'cid'),
-      author: text(row, 'author'),
-      at: integer(row, 'at'),
-      facts: text(row, 'facts'),
-    }
+  statement.setReturnArrays(true)
+  for (const row of statement.iterate(afterRowid) as unknown as Iterable<unknown[]>) {
+    const [cid, author, at, facts] = row
+    if (typeof cid !== 'string' || typeof author !== 'string' || typeof facts !== 'string')
+      throw new Error('ledger_ops row has a non-text cid, author or facts')
+    if (typeof at !== 'number' || !Number.isSafeInteger(at)) throw new Error('ledger_ops row has a bad at')
+    visit(cid, author, at, facts)
   }
 }
 
