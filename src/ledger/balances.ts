@@ -29,6 +29,7 @@ import {
   indexFraud,
   indexReceipt,
   indexVouch,
+  internLogger,
   isCarried,
   isVoidWorker,
   type LedgerParams,
@@ -86,7 +87,7 @@ export function applyOp(state: FoldState, op: FoldOp): void {
         if (d !== undefined) contribute(state, d, fresh, 1)
       } else if (!entry.loggers.includes(op.author)) {
         const before = isCarried(state, entry)
-        entry.loggers.push(op.author)
+        entry.loggers.push(internLogger(state, entry, op.author))
         if (!before && d !== undefined) contribute(state, d, entry, 1)
       }
       return

@@ -114,7 +114,7 @@ export function floorFor(params: LedgerParams, vouched: boolean): number {
 export const resolve = (d: Derived, node: string) => d.memberOf.get(node) ?? node
 
 export function isCarried(state: FoldState, entry: ReceiptEntry): boolean {
-  return entry.loggers.some((a) => !state.frozen.has(a))
+  return state.frozen.size === 0 || entry.loggers.some((a) => !state.frozen.has(a))
 }
 
 /** A fraud-proven worker, or one whose node or member key forked, earns nothing. */
@@ -128,13 +128,22 @@ const isLiveMember = (state: FoldState, author: string) =>
 // --- indexes (state only; no aggregates) ---------------------------------------------
 
 export function indexReceipt(state: FoldState, cid: string, entry: ReceiptEntry): void {
-  entry.worker = intern(state, entry.worker)
-  entry.requester = intern(state, entry.requester)
+  const worker = intern(state, entry.worker)
+  const requester = intern(state, entry.requester)
+  entry.worker = worker
+  entry.requester = requester
   const loggers = entry.loggers
-  for (let i = 0; i < loggers.length; i++) loggers[i] = intern(state, loggers[i]!)
+  for (let i = 0; i < loggers.length; i++) loggers[i] = internLogger(state, entry, loggers[i]!)
   state.receipts.set(cid, entry)
-  pushTo(state.receiptsByNode, entry.worker, cid)
-  if (entry.requester !== entry.worker) pushTo(state.receiptsByNode, entry.requester, cid)
+  pushTo(state.receiptsByNode, worker, cid)
+  if (requester !== worker) pushTo(state.receiptsByNode, requester, cid)
+}
+
+/** A receipt's logger is almost always its requester or worker: no lookup then. */
+export function internLogger(state: FoldState, entry: ReceiptEntry, author: string): string {
+  if (author === entry.requester) return entry.requester
+  if (author === entry.worker) return entry.worker
+  return intern(state, author)
 }
 
 export function intern(state: FoldState, id: string): string {
