@@ -127,8 +127,8 @@ export function forEachLedgerFact(
     for (const [rowid, cid, author, at, facts] of rows) {
       if (typeof cid !== 'string' || typeof author !== 'string' || typeof facts !== 'string')
         throw new Error('ledger_ops row has a non-text cid, author or facts')
-      if (typeof at !== 'number' || !Number.isSafeInteger(at)) throw new Error('ledger_ops row has a bad at')
-      visit(cid, author, at, facts)
+      if (!Number.isSafeInteger(at) || !Number.isSafeInteger(rowid)) throw new Error('ledger_ops row has a bad at')
+      visit(cid, author, at as number, facts)
       after = rowid as number
     }
     if (rows.length < FACTS_PAGE) return

@@ -7,6 +7,7 @@ import {
   balanceOf,
   createFoldState,
   DEFAULT_LEDGER_PARAMS,
+  type FoldOp,
   foldOps,
   type LedgerParams,
   memberOf,
@@ -16,6 +17,7 @@ import { restoreFoldState, serializeFoldState } from '../../src/ledger/fold-chec
 import { createLedger } from '../../src/ledger/ledger.ts'
 import type { LedgerOp, OpDraft } from '../../src/ledger/ops.ts'
 import { openDatabase } from '../../src/store/database.ts'
+import { insertLedgerOp } from '../../src/store/ledger-table.ts'
 import {
   bindingOp,
   chain,
@@ -172,6 +174,62 @@ describe('createLedger', () => {
     assert.deepEqual(again.balances(), before)
     assert.equal(again.standingOf(worker.id).balance, 3 * CREDITS)
     assert.equal(again.standingOf(requester.id).floorLeftToday, 0)
+    db.close()
+  })
+
+  test('a restart without a checkpoint folds every page of stored facts, in arrival order', () => {
+    // More rows than the reader's page (1000), with a binding arriving after the receipts it
+    // moves and receipts logged twice, written as ingest stores them (facts beside the bytes).
+    const db = openDatabase(':memory:')
+    const nodes = [worker.id, requester.id, other.id, verifier.id]
+    const ops: FoldOp[] = [{ cid: 'genesis', author: member.id, at: T0, facts: { kind: 'member-genesis' } }]
+    for (let i = 0; i < 2_100; i++) {
+      const facts = {
+        kind: 'receipt' as const,
+        receipt: `receipt-${i % 1_900}`,
+        worker: nodes[i % 4]!,
+        requester: nodes[(i + 1 + (i % 3)) % 4]!,
+        promptTokens: i % 97,
+        outputTokens: i % 89,
+        created: T0 + i * (DAY / 300),
+      }
+      ops.push({
+        cid: `op-${i}`,
+        author: i < 1_900 ? facts.requester : facts.worker,
+        at: facts.created,
+        facts,
+      })
+    }
+    ops.push({
+      cid: 'bind',
+      author: member.id,
+      at: T0 + DAY,
+      facts: { kind: 'node-binding', node: other.id },
+    })
+    const seqs = new Map<string, number>()
+    db.transaction(() => {
+      for (const op of ops) {
+        const seq = (seqs.get(op.author) ?? 0) + 1
+        seqs.set(op.author, seq)
+        const { cid, author, at, facts } = op
+        insertLedgerOp(db, {
+          cid,
+          author,
+          seq,
+          kind: facts.kind,
+          at,
+          facts: JSON.stringify(facts),
+          bytes: new Uint8Array(1),
+        })
+      }
+    })
+    const now = () => T0 + 8 * DAY
+    const ledger = createLedger({ db }, { now, params, checkpointName: 'never-saved' })
+    ledger.start()
+    const expected = allBalances(foldOps(ops, [], params), now())
+    assert.equal(expected.length, 4)
+    assert.deepEqual(ledger.balances(), expected)
+    assert.equal(ledger.state.receipts.size, 1_900)
     db.close()
   })
 })
