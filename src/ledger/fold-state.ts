@@ -46,7 +46,7 @@ export interface MemberTotals {
   earned: number
   spent: number
   charged: number
-  /** As worker: pairKey(requester member, day) → gross credits. */
+  /** As worker: (requester member n × 2^27 + day) → gross credits. */
   readonly pairs: Map<number, number>
   /** As requester: day → gross credits. */
   readonly spendDays: Map<number, number>
@@ -302,7 +302,7 @@ export function indexFraud(state: FoldState, worker: string, accuser: string): b
   return true
 }
 
-export function totalsOf(d: Derived, member: string): MemberTotals {
+function totalsOf(d: Derived, member: string): MemberTotals {
   let t = d.members.get(member)
   if (t === undefined) {
     t = { n: d.members.size, earned: 0, spent: 0, charged: 0, pairs: new Map(), spendDays: new Map() }
