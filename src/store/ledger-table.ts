@@ -127,7 +127,8 @@ export function forEachLedgerFact(
     for (const [rowid, cid, author, at, facts] of rows) {
       if (typeof cid !== 'string' || typeof author !== 'string' || typeof facts !== 'string')
         throw new Error('ledger_ops row has a non-text cid, author or facts')
-      if (!Number.isSafeInteger(at) || !Number.isSafeInteger(rowid)) throw new Error('ledger_ops row has a bad at')
+      if (!Number.isSafeInteger(at) || !Number.isSafeInteger(rowid))
+        throw new Error('ledger_ops row has a bad at or rowid')
       visit(cid, author, at as number, facts)
       after = rowid as number
     }
