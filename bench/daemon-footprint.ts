@@ -1,13 +1,14 @@
 // What the daemon costs a machine when it is doing nothing, and how fast the CLI answers:
 //  - resident memory (VmRSS) of an idle `substrate serve` with no model loaded, after 20 s
-//    left alone, run from the sources (type stripping) and from the build;
+//    left alone, run from the sources (type stripping) and from the build (median of
+//    --rss-runs daemons), each split into anonymous and file-backed pages (memorySplit);
 //  - wall time of `substrate --version`, median of N runs, from the sources and the build,
 //    next to a bare `node -e 0` (the floor any Node CLI pays).
 // The build is compiled afresh (tsconfig.build.json) so it is current, into a cache folder
 // under node_modules: packages still resolve from there, and neither the project's dist/
 // nor the linted bench/ folder is touched.
 //
-//   node bench/daemon-footprint.ts [--runs 10]
+//   node bench/daemon-footprint.ts [--runs 10] [--rss-runs 3]
 
 import { spawn, spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
@@ -15,10 +16,22 @@ import { join } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import { parseArgs } from 'node:util'
 import { repoRoot, sourceRevision, startDaemon } from './daemon-process.ts'
-import { loadAverage, machineInfo, median, round, rssMiB, sleep } from './machine.ts'
+import {
+  loadAverage,
+  type MemorySplit,
+  machineInfo,
+  median,
+  memorySplit,
+  round,
+  rssMiB,
+  sleep,
+} from './machine.ts'
 
-const { values } = parseArgs({ options: { runs: { type: 'string', default: '10' } } })
+const { values } = parseArgs({
+  options: { runs: { type: 'string', default: '10' }, 'rss-runs': { type: 'string', default: '3' } },
+})
 const RUNS = Number(values.runs)
+const RSS_RUNS = Number(values['rss-runs'])
 const RSS_TARGET_MB = 120
 const RSS_TARGET_MiB = (RSS_TARGET_MB * 1e6) / 2 ** 20
 const VERSION_TARGET_MS = 300
@@ -47,7 +60,7 @@ const entries = {
  */
 async function settledRss(
   pid: number,
-): Promise<{ rssMiB: number; settledAfterMs: number; samples: number[] }> {
+): Promise<{ rssMiB: number; split: MemorySplit; settledAfterMs: number; samples: number[] }> {
   const started = performance.now()
   const samples: number[] = []
   for (;;) {
@@ -59,6 +72,7 @@ async function settledRss(
     if (settled || elapsed > 30_000) {
       return {
         rssMiB: round(samples.at(-1)!),
+        split: memorySplit(pid),
         settledAfterMs: Math.round(elapsed),
         // one sample a second is enough to see the shape
         samples: samples.filter((_, i) => i % 2 === 1).map((s) => round(s)),
@@ -114,8 +128,17 @@ function wallMs(args: string[]): number {
   return ms
 }
 
+/** The built daemon started `RSS_RUNS` times: the run with the median RSS, and every run's split. */
+async function idleBuiltMedian() {
+  const runs: Array<Awaited<ReturnType<typeof idleDaemon>>> = []
+  for (let i = 0; i < RSS_RUNS; i++) runs.push(await idleDaemon(entries.built))
+  const sorted = [...runs].sort((a, b) => a.rssMiB - b.rssMiB)
+  const mid = sorted[Math.floor((sorted.length - 1) / 2)]!
+  return { ...mid, rssMiB: round(median(runs.map((r) => r.rssMiB))), runs: runs.map((r) => r.split) }
+}
+
 const loadBefore = loadAverage()
-const idle = { source: await idleDaemon(entries.source), built: await idleDaemon(entries.built) }
+const idle = { source: await idleDaemon(entries.source), built: await idleBuiltMedian() }
 // Where the memory goes: the same built daemon without the mesh (libp2p), then also without
 // the sandbox, and an idle bare Node process (the floor for any Node daemon).
 const breakdown = {
@@ -176,8 +199,17 @@ const result = {
   },
 }
 console.log(JSON.stringify(result, null, 2))
+const splitLine = (name: string, s: MemorySplit) =>
+  `\n  ${name.padEnd(26)} ${s.rssMiB.toFixed(1).padStart(6)} = anon ${s.anonMiB.toFixed(1).padStart(5)} + file ${s.fileMiB.toFixed(1).padStart(5)} (2 MiB-mapped ${s.filePmdMappedMiB}); Pss ${s.pssMiB}`
 console.error(
-  `\nidle daemon RSS: source ${idle.source.rssMiB} MiB, built ${idle.built.rssMiB} MiB (target ≤ ${RSS_TARGET_MB} MB = ${round(RSS_TARGET_MiB)} MiB, judged on the build)` +
+  `\nresident MiB, as VmRSS = RssAnon + RssFile (file: mostly the node binary, shared):` +
+    splitLine('bare node', breakdown.bareNode.split) +
+    splitLine('built (median run)', idle.built.split) +
+    idle.built.runs.map((s, i) => splitLine(`  built run ${i + 1}`, s)).join('') +
+    splitLine('built without mesh', breakdown.builtWithoutMesh.split) +
+    splitLine('built, no mesh or sandbox', breakdown.builtWithoutMeshOrSandbox.split) +
+    splitLine('source', idle.source.split) +
+    `\nidle daemon RSS: source ${idle.source.rssMiB} MiB, built ${idle.built.rssMiB} MiB (median of ${RSS_RUNS}; target ≤ ${RSS_TARGET_MB} MB = ${round(RSS_TARGET_MiB)} MiB, judged on the build)` +
     `\n  built without mesh ${breakdown.builtWithoutMesh.rssMiB} MiB, without mesh or sandbox ` +
     `${breakdown.builtWithoutMeshOrSandbox.rssMiB} MiB, bare node ${breakdown.bareNode.rssMiB} MiB` +
     `\n  import only: ${JSON.stringify(breakdown.importOnly)} MiB` +

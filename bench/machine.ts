@@ -71,6 +71,36 @@ export function rssMiB(pid: number): number {
   return kb / 1024
 }
 
+/**
+ * Where a process's resident memory is: its own anonymous pages (heap, stacks, JIT code),
+ * file-backed pages (mostly the node binary's code and read-only data, shared with every
+ * Node process through the page cache), and of those the file pages mapped 2 MiB at a time
+ * (large page-cache folios: touching one byte of one maps all of it). Pss splits shared
+ * pages among the processes mapping them. All MiB.
+ */
+export interface MemorySplit {
+  rssMiB: number
+  anonMiB: number
+  fileMiB: number
+  filePmdMappedMiB: number
+  pssMiB: number
+}
+
+export function memorySplit(pid: number): MemorySplit {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  const rollup = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8')
+  const kb = (text: string, key: string) =>
+    Number(new RegExp(`^${key}:\\s*(\\d+)\\s*kB`, 'm').exec(text)?.[1] ?? Number.NaN)
+  const mib = (k: number) => round(k / 1024)
+  return {
+    rssMiB: mib(kb(status, 'VmRSS')),
+    anonMiB: mib(kb(status, 'RssAnon')),
+    fileMiB: mib(kb(status, 'RssFile')),
+    filePmdMappedMiB: mib(kb(rollup, 'FilePmdMapped')),
+    pssMiB: mib(kb(rollup, 'Pss')),
+  }
+}
+
 /** VmHWM (peak resident memory) of a process in MiB. */
 export function peakRssMiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8')
