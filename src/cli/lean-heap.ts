@@ -1,19 +1,32 @@
-// An idle daemon should cost a machine little. Loading its code (libp2p alone is ~800
-// modules) allocates fast enough that V8 doubles the young generation several times, and
-// that committed space stays resident for the daemon's whole idle life (~20 MiB measured,
-// BENCHMARKS.md "Daemon footprint"). So while the daemon starts, the young generation keeps
-// its initial size; once it is ready the default growth comes back for real load, and the
-// garbage of starting up is collected at once instead of whenever the heap next fills.
+// An idle daemon should cost a machine little. Two things it does while starting stay
+// resident for its whole idle life unless it takes care (BENCHMARKS.md "Daemon footprint"):
+//  - Loading its code (libp2p alone is ~800 modules) allocates fast enough that V8 doubles
+//    the young generation several times (~20 MiB measured). So while the daemon starts, the
+//    young generation keeps its initial size; once it is ready the default growth comes back
+//    for real load, and the garbage of starting up is collected at once instead of whenever
+//    the heap next fills.
+//  - Start-up code runs once, yet it is hot enough that V8's optimizing tiers (Maglev,
+//    Turbofan) and its baseline compiler (Sparkplug) compile parts of it. That costs machine
+//    code and compiler zones on the heap, and the compilers' own code in the node binary
+//    (~6 MiB of Turbofan alone) is paged in for good. So the daemon starts on the
+//    interpreter; every tier comes back once it is ready, so request handling, token relay
+//    and signing get optimized as usual when they run.
 
 import { setFlagsFromString } from 'node:v8'
 import { runInNewContext } from 'node:vm'
 
 const DEFAULT_GROWTH = 2 // V8's --semi-space-growth-factor default
+/** V8's compiler tiers above the interpreter, all on by default. */
+const TIERS = ['sparkplug', 'maglev', 'turbofan'] as const
 
 /** Call before importing the daemon's code; call what it returns once the daemon is ready. */
 export function leanStartup(): () => void {
   setFlagsFromString('--semi-space-growth-factor=1')
+  // Read at each tiering decision, so turning them off now and on later takes effect
+  // (unlike --max-opt, which V8 folds into other flags once at start).
+  for (const tier of TIERS) setFlagsFromString(`--no-${tier}`)
   return () => {
+    for (const tier of TIERS) setFlagsFromString(`--${tier}`)
     setFlagsFromString(`--semi-space-growth-factor=${DEFAULT_GROWTH}`)
     // `gc` exists only in contexts made after --expose-gc; this one is used once and dropped.
     setFlagsFromString('--expose-gc')
