@@ -2,12 +2,18 @@
 // port. Loopback by default; with a token configured, every request must carry it.
 
 import { timingSafeEqual } from 'node:crypto'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { SubstrateError } from '../errors.ts'
 import type { Logger } from '../logger.ts'
 import { sendError, sendJson } from './http.ts'
 import { matchRoute, type Route } from './router.ts'
+
+// Not `import … from 'node:http'`: Node builds an ES module's view of a built-in by reading
+// all its exports, and node:http's lazy `WebSocket` getter then loads undici, http2, zlib and
+// more (~3.5 MiB resident in every idle daemon, BENCHMARKS.md "Daemon footprint").
+// getBuiltinModule hands over the module itself, whose getters run only when used.
+const { createServer } = process.getBuiltinModule('node:http')
 
 export interface ApiServerInit {
   host: string

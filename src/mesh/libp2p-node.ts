@@ -27,10 +27,8 @@ import {
   removePrivateAddressesMapper,
   removePublicAddressesMapper,
 } from '@libp2p/kad-dht'
-import { mdns } from '@libp2p/mdns'
 import { type Ping, ping } from '@libp2p/ping'
 import { tcp } from '@libp2p/tcp'
-import { webSockets } from '@libp2p/websockets'
 import { yamux } from '@libp2p/yamux'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createLibp2p, type Libp2p } from 'libp2p'
@@ -38,6 +36,7 @@ import { SubstrateError } from '../errors.ts'
 import { type Identity, privateKeySeed } from '../identity/keys.ts'
 import type { Logger } from '../logger.ts'
 import { openDatastore } from '../store/datastore.ts'
+import { isWebSocketsAddress, lazyWebSockets } from './lazy-websockets.ts'
 import {
   type RandomWalkDiscovery,
   type Reachability,
@@ -219,6 +218,9 @@ export async function createMeshNode(
   const datastore = init.datastorePath === undefined ? undefined : openDatastore(init.datastorePath)
   const randomWalkMin = init.randomWalkMinConnections ?? 0
   const traffic = createTrafficMeter()
+  const webSockets = lazyWebSockets()
+  // Off by default, so its code (multicast DNS, a UDP socket) is loaded only when asked for.
+  const mdns = init.mdns === true ? (await import('@libp2p/mdns')).mdns : undefined
 
   let libp2p: MeshLibp2p
   try {
@@ -230,13 +232,17 @@ export async function createMeshNode(
       // Remembered addresses outlive a night offline; libp2p's default forgets them after an hour.
       peerStore: { maxAddressAge: 7 * 24 * 3_600_000, maxPeerAge: 7 * 24 * 3_600_000 },
       addresses: { listen },
-      transports: [tcp(), webSockets(), circuitRelayTransport({ reservationCompletionTimeout: 10_000 })],
+      transports: [
+        tcp(),
+        webSockets.transport,
+        circuitRelayTransport({ reservationCompletionTimeout: 10_000 }),
+      ],
       // Noise's own cipher calls, with each session key imported once (noise-crypto.ts).
       connectionEncrypters: [noise({ crypto: createNoiseCrypto() })],
       streamMuxers: [yamux()],
       peerDiscovery: [
         ...(bootstrapList.length > 0 ? [bootstrap({ list: bootstrapList })] : []),
-        ...(init.mdns === true ? [mdns({ interval: init.mdnsIntervalMs ?? 10_000 })] : []),
+        ...(mdns === undefined ? [] : [mdns({ interval: init.mdnsIntervalMs ?? 10_000 })]),
       ],
       // Pings every connection (a dead one is closed) and keeps its round trip, which
       // peer-latency.ts reads; libp2p's 10 s default is a ping stream per connection per side
@@ -310,6 +316,8 @@ export async function createMeshNode(
             }),
       },
     })
+    // libp2p opens listeners synchronously as it starts: load the transport of /ws ones now.
+    if (listen.some((addr) => isWebSocketsAddress(multiaddr(addr)))) await webSockets.load()
   } catch (err) {
     datastore?.close()
     throw err
