@@ -52,6 +52,11 @@ export interface SubstrateNode {
 export interface CreateNodeOptions {
   logger?: Logger
   describeConfig?: () => Array<{ key: string; value: unknown; source: string }>
+  /**
+   * Runs heavy one-time start-up work (the ledger's fold) at full speed when the caller starts
+   * the daemon lean (src/cli/lean-heap.ts); by default it just runs it.
+   */
+  fullSpeed?: <T>(work: () => T) => T
 }
 
 /** Builds and starts a daemon on `config.home`. Refuses if another daemon holds the home. */
@@ -65,7 +70,8 @@ export async function createNode(config: Config, options: CreateNodeOptions = {}
     const db = openDatabase(join(config.home, 'substrate.db'))
     cleanup.unshift(() => db.close())
     const ledger = createLedger({ db })
-    ledger.start()
+    const fullSpeed = options.fullSpeed ?? ((work) => work())
+    fullSpeed(() => ledger.start())
     cleanup.unshift(() => ledger.stop())
     // The node key is its own member key for now; a separate member key would sign these
     // two ops instead and bind several nodes (membership.ts).

@@ -123,7 +123,7 @@ const serve: Command = {
   flags: serveFlags,
   args: { min: 0, max: 0 },
   async run(ctx, { values }) {
-    const leanReady = leanStartup()
+    const lean = leanStartup()
     // Loaded here, not at the top: only serve needs the daemon's code.
     const [{ loadConfig, describeConfig }, { createNode }, { createLogger }] = await Promise.all([
       import('../config/load.ts'),
@@ -141,8 +141,12 @@ const serve: Command = {
     }
     const config = loadConfig({ flags, home: ctx.connection.home })
     const logger = createLogger({ level: config.log.level })
-    const node = await createNode(config, { logger, describeConfig: () => describeConfig(config) })
-    leanReady()
+    const node = await createNode(config, {
+      logger,
+      describeConfig: () => describeConfig(config),
+      fullSpeed: lean.fullSpeed,
+    })
+    lean.ready()
     logger.info(`substrate ${VERSION} ready`, { url: node.api.url, home: config.home, pid: process.pid })
 
     let signals = 0
