@@ -123,14 +123,11 @@ export function forEachLedgerFact(
   )
   statement.setReturnArrays(true)
   for (let after = afterRowid; ; ) {
-    const rows = statement.all(after, FACTS_PAGE) as unknown as unknown[][]
-    for (const [rowid, cid, author, at, facts] of rows) {
-      if (typeof cid !== 'string' || typeof author !== 'string' || typeof facts !== 'string')
-        throw new Error('ledger_ops row has a non-text cid, author or facts')
-      if (!Number.isSafeInteger(at) || !Number.isSafeInteger(rowid))
-        throw new Error('ledger_ops row has a bad at or rowid')
-      visit(cid, author, at as number, facts)
-      after = rowid as number
+    const rows = statement.all(after, FACTS_PAGE) as unknown as Row[]
+    // columns by position, in the SELECT's order
+    for (const row of rows) {
+      visit(text(row, 1), text(row, 2), integer(row, 3), text(row, 4))
+      after = integer(row, 0)
     }
     if (rows.length < FACTS_PAGE) return
   }
